@@ -1,0 +1,77 @@
+"""vaejax: variational autoencoders in JAX.
+
+The functional core is re-exported here, flat. Models (`vaejax.models`),
+training (`vaejax.train`) and data (`vaejax.input_pipeline`) are imported
+on demand so that `import vaejax` stays light.
+"""
+
+from vaejax.core.autoencoders import contractive_penalty, corrupt, sparse_penalty
+from vaejax.core.discrete import (
+    categorical_log_prob,
+    gumbel_softmax,
+    kl_categorical,
+    leave_one_out_baseline,
+    score_function_surrogate,
+)
+from vaejax.core.gaussian import (
+    diag_normal_entropy,
+    diag_normal_log_prob,
+    kl_diag_normals,
+    kl_mvn_tril,
+    kl_standard_normal,
+    mvn_tril_entropy,
+    mvn_tril_log_prob,
+    reparameterize,
+    reparameterize_tril,
+    standard_normal_log_prob,
+)
+from vaejax.core.likelihoods import (
+    bernoulli_log_likelihood,
+    continuous_bernoulli_log_likelihood,
+    continuous_bernoulli_mean,
+    gaussian_log_likelihood,
+)
+from vaejax.core.linear_gaussian import LinearGaussian
+from vaejax.core.objectives import (
+    ElboTerms,
+    elbo,
+    importance_log_likelihood,
+    iwae_bound,
+    log_importance_weights,
+)
+from vaejax.core.posteriors import CholeskyGaussian, DiagonalGaussian
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "CholeskyGaussian",
+    "DiagonalGaussian",
+    "ElboTerms",
+    "LinearGaussian",
+    "bernoulli_log_likelihood",
+    "categorical_log_prob",
+    "continuous_bernoulli_log_likelihood",
+    "continuous_bernoulli_mean",
+    "contractive_penalty",
+    "corrupt",
+    "diag_normal_entropy",
+    "diag_normal_log_prob",
+    "elbo",
+    "gaussian_log_likelihood",
+    "gumbel_softmax",
+    "importance_log_likelihood",
+    "iwae_bound",
+    "kl_categorical",
+    "kl_diag_normals",
+    "kl_mvn_tril",
+    "kl_standard_normal",
+    "leave_one_out_baseline",
+    "log_importance_weights",
+    "mvn_tril_entropy",
+    "mvn_tril_log_prob",
+    "reparameterize",
+    "reparameterize_tril",
+    "score_function_surrogate",
+    "sparse_penalty",
+    "standard_normal_log_prob",
+]

@@ -1,0 +1,1 @@
+"""The VAE mathematics as pure JAX functions (no Flax, no TensorFlow)."""

@@ -1,0 +1,112 @@
+"""Discrete latents: the score-function (REINFORCE) estimator, Gumbel-softmax,
+and categorical log-probabilities and KL."""
+
+import jax
+import jax.numpy as jnp
+from jax.typing import ArrayLike
+
+from vaejax.core import _checks
+
+
+def score_function_surrogate(log_prob: ArrayLike, value: ArrayLike,
+                             baseline: ArrayLike = 0.0) -> jax.Array:
+    """A surrogate whose value is f(z) and whose gradient is the REINFORCE estimator.
+
+    ∇ surrogate = ∇f(z) + (f(z) − b)·∇ log q(z), an unbiased estimate of
+    ∇ E_q[f(z)] for z ~ q drawn *without* a gradient path (stop it, or draw a
+    discrete z). The baseline b must not depend on z; it lowers the variance
+    without bias.
+
+    Args:
+      log_prob: log q(z), differentiable in q's parameters, shape (...).
+      value: f(z), shape (...); its direct dependence on parameters (e.g. a
+        decoder's) contributes the pathwise term ∇f.
+      baseline: b, broadcastable to value; it receives no gradient here.
+
+    Returns:
+      the surrogate, shape (...), equal to `value` in the forward pass.
+
+    References:
+      Williams, Simple statistical gradient-following algorithms for
+      connectionist reinforcement learning, 1992.
+    """
+    log_prob, value = jnp.asarray(log_prob), jnp.asarray(value)
+    advantage = jax.lax.stop_gradient(value - baseline)
+    return value + advantage * (log_prob - jax.lax.stop_gradient(log_prob))
+
+
+def leave_one_out_baseline(values: ArrayLike, axis: int = 0) -> jax.Array:
+    """For K draws, the baseline of draw k is the mean of the other K − 1 values.
+
+    It is independent of draw k, so the estimator stays unbiased.
+
+    Args:
+      values: f(z_k) with K ≥ 2 along `axis`.
+      axis: the sample axis.
+
+    Returns:
+      baselines, same shape as values, without gradient.
+    """
+    values = jax.lax.stop_gradient(jnp.asarray(values))
+    k = values.shape[axis]
+    if k < 2:
+        raise ValueError(f"a leave-one-out baseline needs >= 2 samples, got {k}")
+    return (jnp.sum(values, axis=axis, keepdims=True) - values) / (k - 1)
+
+
+def gumbel_softmax(key: jax.Array, logits: ArrayLike, temperature: float | jax.Array,
+                   hard: bool = False) -> jax.Array:
+    """y = softmax((logits + g)/τ), g ~ Gumbel(0, 1): a relaxed categorical draw.
+
+    With hard=True the forward value is the one-hot argmax (the exact categorical
+    draw) and the gradient is that of the relaxed y (straight-through).
+
+    Args:
+      key: a PRNG key.
+      logits: unnormalised log-probabilities, shape (..., categories).
+      temperature: τ > 0; as τ → 0 the draws approach one-hot.
+      hard: return one-hot values with straight-through gradients.
+
+    Returns:
+      points on the simplex, same shape as logits.
+
+    References:
+      Jang, Gu & Poole, Categorical Reparameterization with Gumbel-Softmax, ICLR 2017.
+      Maddison, Mnih & Teh, The Concrete Distribution, ICLR 2017.
+    """
+    logits = jnp.asarray(logits)
+    gumbel = jax.random.gumbel(key, logits.shape, logits.dtype)
+    y = jax.nn.softmax((logits + gumbel) / temperature, axis=-1)
+    if not hard:
+        return y
+    one_hot = jax.nn.one_hot(jnp.argmax(y, axis=-1), logits.shape[-1], dtype=y.dtype)
+    return y + jax.lax.stop_gradient(one_hot - y)
+
+
+def categorical_log_prob(logits: ArrayLike, one_hot: ArrayLike) -> jax.Array:
+    """log Cat(z; softmax(logits)) = Σ z·log_softmax(logits) for one-hot z.
+
+    Args:
+      logits: shape (..., categories); leading sample axes broadcast.
+      one_hot: draws, shape (..., categories).
+
+    Returns:
+      log-probabilities, shape (...).
+    """
+    return jnp.sum(jnp.asarray(one_hot) * jax.nn.log_softmax(jnp.asarray(logits), axis=-1), axis=-1)
+
+
+def kl_categorical(logits_q: ArrayLike, logits_p: ArrayLike) -> jax.Array:
+    """KL(Cat(softmax(logits_q)) ‖ Cat(softmax(logits_p))) = Σ q (log q − log p).
+
+    Args:
+      logits_q: shape (..., categories).
+      logits_p: same shape (a uniform prior is zeros).
+
+    Returns:
+      KL divergences in nats, shape (...).
+    """
+    _checks.same_shape(logits_q=logits_q, logits_p=logits_p)
+    log_q = jax.nn.log_softmax(jnp.asarray(logits_q), axis=-1)
+    log_p = jax.nn.log_softmax(jnp.asarray(logits_p), axis=-1)
+    return jnp.sum(jnp.exp(log_q) * (log_q - log_p), axis=-1)

@@ -1,0 +1,165 @@
+"""The ELBO in its equivalent forms, the IWAE bound and importance-sampled log p(x).
+
+The prior is N(0, I). `log_likelihood_fn(z, x)` is the decoder's log p(x|z):
+z has shape (num_samples, *batch, d) and the result (num_samples, *batch).
+"""
+
+import math
+from typing import Callable, Literal, NamedTuple
+
+import jax
+import jax.numpy as jnp
+from jax.typing import ArrayLike
+
+from vaejax.core import gaussian
+from vaejax.core.posteriors import CholeskyGaussian, DiagonalGaussian
+
+Posterior = DiagonalGaussian | CholeskyGaussian
+LogLikelihoodFn = Callable[[jax.Array, jax.Array], jax.Array]
+
+
+class ElboTerms(NamedTuple):
+    """Per-example terms of the (β-weighted) ELBO, in nats.
+
+    Attributes:
+      elbo: E_q[log p(x|z)] − KL(q‖p), the evidence lower bound (β plays no part).
+      loss: −E_q[log p(x|z)] + β·KL, the β-VAE objective to minimise.
+      log_likelihood: E_q[log p(x|z)], the expected reconstruction log-likelihood.
+      kl: KL(q(z|x)‖p(z)), analytic or its Monte Carlo estimate.
+    """
+
+    elbo: jax.Array
+    loss: jax.Array
+    log_likelihood: jax.Array
+    kl: jax.Array
+
+    @property
+    def rate(self) -> jax.Array:
+        """The rate R = KL(q‖p) of the rate–distortion view."""
+        return self.kl
+
+    @property
+    def distortion(self) -> jax.Array:
+        """The distortion D = −E_q[log p(x|z)]."""
+        return -self.log_likelihood
+
+
+def check_beta(beta) -> None:
+    """Raises ValueError for a concrete negative or non-finite β (traced β pass)."""
+    if isinstance(beta, (int, float)) and not (math.isfinite(beta) and beta >= 0):
+        raise ValueError(f"beta must be a finite number >= 0, got {beta}")
+
+
+def elbo(key: jax.Array, x: ArrayLike, posterior: Posterior,
+         log_likelihood_fn: LogLikelihoodFn, *, num_samples: int = 1,
+         beta: float | jax.Array = 1.0,
+         form: Literal["analytic", "monte_carlo", "entropy"] = "analytic") -> ElboTerms:
+    """ELBO(x) = E_q[log p(x|z)] − KL(q(z|x)‖p(z)) with z = reparameterized draws.
+
+    Three estimators of the same quantity, unbiased for it:
+      "analytic":    mean_s log p(x|z_s) − KL (closed form);
+      "monte_carlo": mean_s [log p(x|z_s) + log p(z_s) − log q(z_s|x)];
+      "entropy":     mean_s [log p(x|z_s) + log p(z_s)] + H[q] (closed-form entropy).
+
+    Args:
+      key: a PRNG key for the draws z_s ~ q(z|x).
+      x: the batch, shape (*batch, *event).
+      posterior: q(z|x), a DiagonalGaussian or CholeskyGaussian with batch shape `batch`.
+      log_likelihood_fn: (z, x) ↦ log p(x|z), see the module docstring.
+      num_samples: draws per example.
+      beta: weight of the KL in `loss` (β-VAE); β = 1 is the negative ELBO.
+      form: which estimator of the KL part.
+
+    Returns:
+      ElboTerms, each of shape `batch`.
+
+    References:
+      Kingma & Welling, Auto-Encoding Variational Bayes, 2014.
+      Higgins et al., β-VAE, ICLR 2017.
+    """
+    check_beta(beta)
+    z = posterior.sample(key, num_samples)
+    log_lik = jnp.mean(log_likelihood_fn(z, jnp.asarray(x)), axis=0)
+    if form == "analytic":
+        kl = posterior.kl_standard_normal()
+    elif form == "monte_carlo":
+        kl = jnp.mean(posterior.log_prob(z) - gaussian.standard_normal_log_prob(z), axis=0)
+    elif form == "entropy":
+        kl = -jnp.mean(gaussian.standard_normal_log_prob(z), axis=0) - posterior.entropy()
+    else:
+        raise ValueError(f"form must be 'analytic', 'monte_carlo' or 'entropy', got {form!r}")
+    return ElboTerms(elbo=log_lik - kl, loss=-log_lik + beta * kl, log_likelihood=log_lik, kl=kl)
+
+
+def log_importance_weights(key: jax.Array, x: ArrayLike, posterior: Posterior,
+                           log_likelihood_fn: LogLikelihoodFn, num_samples: int) -> jax.Array:
+    """log w_k = log p(x|z_k) + log p(z_k) − log q(z_k|x), z_k ~ q(z|x) reparameterized.
+
+    Args:
+      key: a PRNG key.
+      x: the batch, shape (*batch, *event).
+      posterior: q(z|x) with batch shape `batch`.
+      log_likelihood_fn: (z, x) ↦ log p(x|z).
+      num_samples: K.
+
+    Returns:
+      log-weights, shape (K, *batch).
+    """
+    z = posterior.sample(key, num_samples)
+    return (log_likelihood_fn(z, jnp.asarray(x)) + gaussian.standard_normal_log_prob(z)
+            - posterior.log_prob(z))
+
+
+def iwae_bound(log_weights: ArrayLike, axis: int = 0) -> jax.Array:
+    """L_K = log (1/K) Σ_k w_k = logsumexp(log w) − log K.
+
+    A lower bound on log p(x) that rises with K (K = 1 is the ELBO).
+
+    Args:
+      log_weights: log importance weights with K along `axis`.
+      axis: the sample axis.
+
+    Returns:
+      the bound, log_weights without `axis`.
+
+    References:
+      Burda, Grosse & Salakhutdinov, Importance Weighted Autoencoders, ICLR 2016.
+    """
+    log_weights = jnp.asarray(log_weights)
+    k = log_weights.shape[axis]
+    return jax.nn.logsumexp(log_weights, axis=axis) - jnp.log(k).astype(log_weights.dtype)
+
+
+def importance_log_likelihood(key: jax.Array, x: ArrayLike, posterior: Posterior,
+                              log_likelihood_fn: LogLikelihoodFn, num_samples: int = 5000,
+                              chunk_size: int = 500) -> jax.Array:
+    """Estimates log p(x) ≈ log (1/K) Σ_k p(x, z_k)/q(z_k|x) with K draws from q.
+
+    The K draws are taken `chunk_size` at a time inside one `lax.map`, so memory
+    grows with the chunk, not with K; the chunks are combined by logsumexp.
+
+    Args:
+      key: a PRNG key.
+      x: the batch, shape (*batch, *event).
+      posterior: q(z|x), the proposal.
+      log_likelihood_fn: (z, x) ↦ log p(x|z).
+      num_samples: K; must be a multiple of chunk_size (or smaller than it).
+      chunk_size: draws per chunk.
+
+    Returns:
+      estimates of log p(x), shape `batch`.
+
+    References:
+      Burda, Grosse & Salakhutdinov, Importance Weighted Autoencoders, ICLR 2016.
+    """
+    chunk_size = min(chunk_size, num_samples)
+    if num_samples < 1 or num_samples % chunk_size:
+        raise ValueError(
+            f"num_samples={num_samples} must be a positive multiple of chunk_size={chunk_size}")
+
+    def chunk(k):
+        log_w = log_importance_weights(k, x, posterior, log_likelihood_fn, chunk_size)
+        return jax.nn.logsumexp(log_w, axis=0)
+
+    per_chunk = jax.lax.map(chunk, jax.random.split(key, num_samples // chunk_size))
+    return jax.nn.logsumexp(per_chunk, axis=0) - jnp.log(num_samples).astype(per_chunk.dtype)
