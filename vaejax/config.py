@@ -1,0 +1,151 @@
+"""Run configuration: the model and training settings, presets and validation.
+
+A config is a frozen dataclass that round-trips through JSON, so a run folder's
+config.json is the whole recipe of the run.
+"""
+
+import dataclasses
+import json
+import math
+from typing import Literal
+
+ACTIVATIONS = ("relu", "tanh", "gelu", "softplus", "elu", "leaky_relu", "silu")
+POSTERIORS = ("diagonal", "full", "categorical")
+LIKELIHOODS = ("bernoulli", "gaussian", "continuous_bernoulli")
+OBJECTIVES = ("elbo", "iwae")
+BINARIZATIONS = ("none", "static", "dynamic")
+ESTIMATORS = ("gumbel_softmax", "score_function")
+
+
+class ConfigError(ValueError):
+    """An invalid setting; the message says which and why."""
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelConfig:
+    """Encoder + decoder + prior N(0, I) (uniform for categorical) + likelihood.
+
+    The decoder mirrors the encoder: its hidden sizes are the encoder's reversed.
+    For "conv", `conv_channels` are the stride-2 convolution widths and
+    `hidden` the dense layers after them.
+    """
+
+    architecture: Literal["mlp", "conv"] = "mlp"
+    hidden: tuple[int, ...] = (200,)
+    conv_channels: tuple[int, ...] = (32, 64)
+    activation: str = "relu"
+    latent_dim: int = 8
+    posterior: str = "diagonal"
+    num_categories: int = 10
+    likelihood: str = "bernoulli"
+    gaussian_scale: float | None = 0.1
+
+    @property
+    def learned_scale(self) -> bool:
+        """A Gaussian decoder with gaussian_scale=None learns one σ per pixel."""
+        return self.likelihood == "gaussian" and self.gaussian_scale is None
+
+
+# Architectures from the literature; "digits" is the small default for 8×8 data.
+PRESETS: dict[str, ModelConfig] = {
+    "digits": ModelConfig(hidden=(128,), latent_dim=8, activation="relu"),
+    "flax": ModelConfig(hidden=(500,), latent_dim=20, activation="relu"),
+    "pytorch": ModelConfig(hidden=(400,), latent_dim=20, activation="relu"),
+    "burda": ModelConfig(hidden=(200, 200), latent_dim=50, activation="tanh"),
+    "pythae": ModelConfig(hidden=(400,), latent_dim=40, activation="relu"),
+    "jang": ModelConfig(hidden=(512, 256), latent_dim=20, num_categories=10,
+                        posterior="categorical", activation="relu"),
+    "conv": ModelConfig(architecture="conv", hidden=(256,), conv_channels=(32, 64),
+                        latent_dim=16, activation="relu"),
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+    """Everything a training run needs besides the data files."""
+
+    dataset: str = "digits"
+    model: ModelConfig = PRESETS["digits"]
+    binarization: str = "dynamic"
+    objective: str = "elbo"
+    num_samples: int = 1
+    betas: tuple[float, ...] = (1.0,)
+    seeds: tuple[int, ...] = (0,)
+    kl_warmup_epochs: int = 0
+    free_bits: float = 0.0
+    kl_target: float | None = None
+    dual_learning_rate: float = 0.01
+    estimator: str = "gumbel_softmax"
+    temperature: float = 1.0
+    min_temperature: float = 0.5
+    temperature_decay: float = 0.0
+    epochs: int = 100
+    batch_size: int = 64
+    learning_rate: float = 1e-3
+    eval_batch_size: int = 1000
+    devices: int = 1
+    checkpoint_every: int = 10
+
+    @property
+    def num_models(self) -> int:
+        """Models trained side by side: every seed × every β."""
+        return len(self.seeds) * len(self.betas)
+
+    def to_json(self) -> str:
+        return json.dumps(dataclasses.asdict(self), indent=2, sort_keys=True)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "TrainConfig":
+        data = dict(data)
+        model = ModelConfig(**{k: tuple(v) if isinstance(v, list) else v
+                               for k, v in data.pop("model").items()})
+        data = {k: tuple(v) if isinstance(v, list) else v for k, v in data.items()}
+        return cls(model=model, **data)
+
+
+def _require(condition: bool, message: str) -> None:
+    if not condition:
+        raise ConfigError(message)
+
+
+def _choice(name: str, value, allowed) -> None:
+    _require(value in allowed, f"{name} must be one of {', '.join(allowed)}; got {value!r}")
+
+
+def validate(config: TrainConfig) -> TrainConfig:
+    """Checks every setting; raises ConfigError with one clear message."""
+    m = config.model
+    _choice("architecture", m.architecture, ("mlp", "conv"))
+    _choice("activation", m.activation, ACTIVATIONS)
+    _choice("posterior", m.posterior, POSTERIORS)
+    _choice("likelihood", m.likelihood, LIKELIHOODS)
+    _choice("objective", config.objective, OBJECTIVES)
+    _choice("binarization", config.binarization, BINARIZATIONS)
+    _choice("estimator", config.estimator, ESTIMATORS)
+    _require(m.latent_dim >= 1, f"latent size must be >= 1; got {m.latent_dim}")
+    _require(all(h >= 1 for h in m.hidden + m.conv_channels), "layer widths must be >= 1")
+    _require(m.posterior != "categorical" or m.num_categories >= 2,
+             "a categorical latent needs >= 2 categories")
+    _require(m.gaussian_scale is None or m.gaussian_scale > 0, "gaussian_scale must be > 0")
+    _require(len(config.betas) >= 1, "give at least one beta")
+    for beta in config.betas:
+        _require(math.isfinite(beta) and beta >= 0, f"beta must be >= 0; got {beta}")
+    _require(len(config.seeds) >= 1, "give at least one seed")
+    _require(len(set(config.seeds)) == len(config.seeds), "seeds must be distinct")
+    _require(config.num_samples >= 1, f"num_samples must be >= 1; got {config.num_samples}")
+    _require(config.epochs >= 1, f"epochs must be >= 1; got {config.epochs}")
+    _require(config.batch_size >= 1, f"batch size must be >= 1; got {config.batch_size}")
+    _require(config.learning_rate > 0, "learning rate must be > 0")
+    _require(config.devices >= 1, "devices must be >= 1")
+    _require(config.checkpoint_every >= 1, "checkpoint_every must be >= 1")
+    _require(config.kl_warmup_epochs >= 0, "kl_warmup_epochs must be >= 0")
+    _require(config.free_bits >= 0, "free_bits must be >= 0")
+    _require(config.free_bits == 0 or m.posterior == "diagonal",
+             "free bits need a diagonal posterior (they act per latent dimension)")
+    _require(config.kl_target is None or config.kl_target >= 0, "kl_target must be >= 0")
+    _require(config.temperature > 0 and config.min_temperature > 0, "temperatures must be > 0")
+    _require(config.objective != "iwae" or m.posterior != "categorical",
+             "the IWAE objective needs a Gaussian posterior")
+    _require(m.posterior == "categorical" or config.estimator == "gumbel_softmax",
+             "the score-function estimator is for categorical latents")
+    return config

@@ -1,0 +1,157 @@
+"""Flax NNX encoders, decoders and the VAE assembled from a ModelConfig.
+
+Images are (..., H, W, C). The encoder returns q(z|x) as a core posterior pytree
+(or categorical logits); the decoder returns the likelihood's parameters; and
+`VAE.log_likelihood(z, x)` is the log p(x|z) the core objectives take.
+"""
+
+import math
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+import vaejax
+from vaejax.config import ModelConfig
+
+_ACTIVATIONS = {
+    "relu": jax.nn.relu, "tanh": jnp.tanh, "gelu": jax.nn.gelu, "softplus": jax.nn.softplus,
+    "elu": jax.nn.elu, "leaky_relu": jax.nn.leaky_relu, "silu": jax.nn.silu,
+}
+
+
+class MLP(nnx.Module):
+    """Dense layers, each followed by the activation."""
+
+    def __init__(self, sizes: tuple[int, ...], activation: str, *, rngs: nnx.Rngs):
+        self.layers = nnx.List([nnx.Linear(a, b, rngs=rngs) for a, b in zip(sizes, sizes[1:])])
+        self.activation = _ACTIVATIONS[activation]
+
+    def __call__(self, x):
+        for layer in self.layers:
+            x = self.activation(layer(x))
+        return x
+
+
+def _downsampled(size: int, steps: int) -> int:
+    for _ in range(steps):
+        size = math.ceil(size / 2)
+    return size
+
+
+class ConvTrunk(nnx.Module):
+    """Stride-2 convolutions, then flatten and an MLP: (..., H, W, C) → (..., hidden)."""
+
+    def __init__(self, shape, config: ModelConfig, *, rngs: nnx.Rngs):
+        h, w, c = shape
+        chans = (c, *config.conv_channels)
+        self.convs = nnx.List([nnx.Conv(a, b, (3, 3), strides=2, rngs=rngs)
+                               for a, b in zip(chans, chans[1:])])
+        n = len(config.conv_channels)
+        flat = _downsampled(h, n) * _downsampled(w, n) * chans[-1]
+        self.mlp = MLP((flat, *config.hidden), config.activation, rngs=rngs)
+        self.activation = _ACTIVATIONS[config.activation]
+
+    def __call__(self, x):
+        for conv in self.convs:
+            x = self.activation(conv(x))
+        return self.mlp(x.reshape(*x.shape[:-3], -1))
+
+
+class ConvHead(nnx.Module):
+    """Mirror of ConvTrunk: (..., hidden) → (..., H, W, out_channels), cropped to H×W."""
+
+    def __init__(self, shape, out_channels: int, config: ModelConfig, *, rngs: nnx.Rngs):
+        h, w, _ = shape
+        n = len(config.conv_channels)
+        self.grid = (_downsampled(h, n), _downsampled(w, n), config.conv_channels[-1])
+        self.image = (h, w)
+        self.mlp = MLP((*config.hidden, math.prod(self.grid)), config.activation, rngs=rngs)
+        chans = config.conv_channels[::-1]
+        self.deconvs = nnx.List([nnx.ConvTranspose(a, b, (3, 3), strides=2, rngs=rngs)
+                                 for a, b in zip(chans, (*chans[1:], chans[-1]))])
+        self.out = nnx.Conv(chans[-1], out_channels, (3, 3), rngs=rngs)
+        self.activation = _ACTIVATIONS[config.activation]
+
+    def __call__(self, hidden):
+        x = self.mlp(hidden).reshape(*hidden.shape[:-1], *self.grid)
+        for deconv in self.deconvs:
+            x = self.activation(deconv(x))
+        return self.out(x[..., :self.image[0], :self.image[1], :])
+
+
+class VAE(nnx.Module):
+    """Encoder, posterior head, decoder and likelihood for images of `shape` (H, W, C)."""
+
+    def __init__(self, shape: tuple[int, int, int], config: ModelConfig, *, rngs: nnx.Rngs):
+        self.config = config
+        self.shape = tuple(shape)
+        d, pixels = config.latent_dim, math.prod(shape)
+        self.code_size = d * config.num_categories if config.posterior == "categorical" else d
+        head_size = {"diagonal": 2 * d, "full": d + d * (d + 1) // 2,
+                     "categorical": self.code_size}[config.posterior]
+        if config.architecture == "conv":
+            self.encoder = ConvTrunk(shape, config, rngs=rngs)
+            self.decoder = ConvHead(shape, shape[-1], config, rngs=rngs)
+            self.decoder_input = MLP((self.code_size, config.hidden[-1]), config.activation, rngs=rngs)
+        else:
+            self.encoder = MLP((pixels, *config.hidden), config.activation, rngs=rngs)
+            self.decoder = MLP((self.code_size, *config.hidden[::-1]), config.activation, rngs=rngs)
+            self.decoder_output = nnx.Linear(config.hidden[0], pixels, rngs=rngs)
+        self.posterior_head = nnx.Linear(config.hidden[-1], head_size, rngs=rngs)
+        if config.learned_scale:
+            self.log_scale = nnx.Param(jnp.zeros(shape))
+
+    def encode(self, x):
+        """q(z|x): DiagonalGaussian, CholeskyGaussian, or logits (..., d, categories)."""
+        if self.config.architecture == "mlp":
+            x = x.reshape(*x.shape[:-3], -1)
+        out = self.posterior_head(self.encoder(x))
+        d = self.config.latent_dim
+        if self.config.posterior == "diagonal":
+            return vaejax.DiagonalGaussian(out[..., :d], out[..., d:])
+        if self.config.posterior == "categorical":
+            return out.reshape(*out.shape[:-1], d, self.config.num_categories)
+        rows, cols = jnp.tril_indices(d)
+        # A softplus diagonal keeps the Cholesky factor valid for any network output.
+        entries = jnp.where(rows == cols, jax.nn.softplus(out[..., d:]) + 1e-4, out[..., d:])
+        tril = jnp.zeros((*out.shape[:-1], d, d), out.dtype).at[..., rows, cols].set(entries)
+        return vaejax.CholeskyGaussian(out[..., :d], tril)
+
+    def decode(self, z):
+        """The likelihood's parameters (logits or Gaussian means), shape (..., H, W, C)."""
+        if self.config.posterior == "categorical":
+            z = z.reshape(*z.shape[:-2], -1)
+        if self.config.architecture == "conv":
+            return self.decoder(self.decoder_input(z))
+        out = self.decoder_output(self.decoder(z))
+        return out.reshape(*out.shape[:-1], *self.shape)
+
+    def log_likelihood(self, z, x):
+        """log p(x|z) summed over the image; leading axes of z broadcast against x."""
+        params = self.decode(z)
+        kind = self.config.likelihood
+        if kind == "bernoulli":
+            return vaejax.bernoulli_log_likelihood(params, x, event_ndims=3)
+        if kind == "continuous_bernoulli":
+            return vaejax.continuous_bernoulli_log_likelihood(params, x, event_ndims=3)
+        log_scale = (self.log_scale.value if self.config.learned_scale
+                     else math.log(self.config.gaussian_scale))
+        return vaejax.gaussian_log_likelihood(params, x, log_scale, event_ndims=3)
+
+    def mean_image(self, z):
+        """E[x|z], for pictures of reconstructions and samples."""
+        params = self.decode(z)
+        if self.config.likelihood == "bernoulli":
+            return jax.nn.sigmoid(params)
+        if self.config.likelihood == "continuous_bernoulli":
+            return vaejax.continuous_bernoulli_mean(params)
+        return jnp.clip(params, 0.0, 1.0)
+
+    def prior_sample(self, key, num_samples: int):
+        """z ~ p(z): N(0, I), or one-hot uniform categories."""
+        d = self.config.latent_dim
+        if self.config.posterior == "categorical":
+            k = self.config.num_categories
+            return jax.nn.one_hot(jax.random.randint(key, (num_samples, d), 0, k), k)
+        return jax.random.normal(key, (num_samples, d))
