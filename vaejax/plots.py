@@ -1,0 +1,109 @@
+"""Figures of a run: sample grids, reconstructions, training curves, the R–D curve.
+
+matplotlib (Agg) is imported here only, so `import vaejax` stays light.
+"""
+
+import os
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+
+def tile(images: np.ndarray, cols: int) -> np.ndarray:
+    """(N, H, W, C) images → one (rows·H, cols·W, C) mosaic with 1-pixel gaps."""
+    n, h, w, c = images.shape
+    rows = -(-n // cols)
+    grid = np.ones((rows * (h + 1) - 1, cols * (w + 1) - 1, c), np.float32)
+    for i, image in enumerate(images):
+        r, q = divmod(i, cols)
+        grid[r * (h + 1):r * (h + 1) + h, q * (w + 1):q * (w + 1) + w] = image
+    return grid
+
+
+def _show(ax, mosaic, title=None):
+    ax.imshow(mosaic[..., 0] if mosaic.shape[-1] == 1 else mosaic, cmap="gray", vmin=0, vmax=1)
+    ax.set_axis_off()
+    if title:
+        ax.set_title(title, fontsize=9)
+
+
+def save(fig, path: Path) -> None:
+    """Saves a figure atomically and closes it."""
+    tmp = path.with_name(path.stem + ".tmp" + path.suffix)
+    fig.savefig(tmp, dpi=120, bbox_inches="tight")
+    plt.close(fig)
+    os.replace(tmp, path)
+
+
+def posterior_code(model, x):
+    """A point code for x: the posterior mean, or the most likely category."""
+    q = model.encode(x)
+    if model.config.posterior == "categorical":
+        return jax.nn.one_hot(jnp.argmax(q, axis=-1), q.shape[-1])
+    return q.mean
+
+
+def _model_labels(trainer):
+    return [f"seed {s}, β={b:g}" for s, b in trainer.replicas()]
+
+
+def write_run_figures(workdir, trainer, state, test: np.ndarray, records: list[dict],
+                      num_images: int = 64) -> None:
+    """Writes samples.png, reconstructions.png and curves.png into workdir."""
+    workdir = Path(workdir)
+    x = jnp.asarray(test[:num_images // 2])
+
+    def pictures(params):
+        model = trainer.model(params)
+        samples = model.mean_image(model.prior_sample(jax.random.PRNGKey(0), num_images))
+        return samples, model.mean_image(posterior_code(model, x))
+
+    samples, recons = jax.device_get(jax.jit(jax.vmap(pictures))(state.params))
+    labels = _model_labels(trainer)
+    k = len(labels)
+    fig, axes = plt.subplots(1, k, figsize=(3.2 * k, 3.4), squeeze=False)
+    for ax, images, label in zip(axes[0], samples, labels):
+        _show(ax, tile(images, 8), f"samples z ~ p(z), {label}")
+    save(fig, workdir / "samples.png")
+
+    fig, axes = plt.subplots(1, k, figsize=(3.2 * k, 3.4), squeeze=False)
+    for ax, images, label in zip(axes[0], recons, labels):
+        pairs = np.concatenate([np.asarray(x), images], axis=2)  # data | reconstruction
+        _show(ax, tile(pairs, 4), f"data | reconstruction, {label}")
+    save(fig, workdir / "reconstructions.png")
+    write_curves(workdir / "curves.png", records, labels)
+
+
+def write_curves(path: Path, records: list[dict], labels: list[str]) -> None:
+    """ELBO, rate and distortion over epochs; the rate–distortion curve for several β."""
+    betas = sorted({r["beta"] for r in records})
+    panels = 4 if len(betas) > 1 else 3
+    fig, axes = plt.subplots(1, panels, figsize=(4.2 * panels, 3.4))
+    for i, label in enumerate(labels):
+        mine = [r for r in records if r["model"] == i]
+        epochs = [r["epoch"] for r in mine]
+        axes[0].plot(epochs, [r["test_elbo"] for r in mine], label=label)
+        axes[1].plot(epochs, [r["rate"] for r in mine])
+        axes[2].plot(epochs, [r["distortion"] for r in mine])
+    for ax, name in zip(axes, ("test ELBO (nats)", "rate KL (nats)", "distortion −E log p(x|z)")):
+        ax.set_xlabel("epoch")
+        ax.set_title(name, fontsize=10)
+    if len(labels) <= 10:
+        axes[0].legend(fontsize=7)
+    if panels == 4:
+        last_epoch = max(r["epoch"] for r in records)
+        final = sorted((r for r in records if r["epoch"] == last_epoch), key=lambda r: r["beta"])
+        axes[3].plot([r["rate"] for r in final], [r["distortion"] for r in final], "o-")
+        for r in final:
+            axes[3].annotate(f"β={r['beta']:g}", (r["rate"], r["distortion"]), fontsize=7)
+        axes[3].set_xlabel("rate (nats)")
+        axes[3].set_ylabel("distortion (nats)")
+        axes[3].set_title("rate–distortion (test)", fontsize=10)
+    fig.tight_layout()
+    save(fig, path)

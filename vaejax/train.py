@@ -1,0 +1,237 @@
+"""train_and_evaluate: one run folder from a config — data, training, checkpoints, metrics, figures.
+
+The run folder holds config.json, metrics.jsonl (one line per epoch per model),
+summary.json, samples.png, reconstructions.png, curves.png and checkpoints/.
+"""
+
+import dataclasses
+import json
+import os
+import statistics
+import time
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from vaejax import input_pipeline
+from vaejax.checkpoints import Checkpointer
+from vaejax.config import ConfigError, TrainConfig, validate
+from vaejax.trainer import Trainer
+
+# A fixed key binarizes the test set once, so every dynamic-binarization run
+# is scored on the same binary test images.
+_TEST_BINARIZATION_SEED = 20140101
+
+
+class RunError(ValueError):
+    """The run folder cannot be used as asked (another run there, nothing to resume)."""
+
+
+class NonFiniteLossError(RuntimeError):
+    """Training produced a NaN or infinite loss; the last good checkpoint is kept."""
+
+
+def write_json(path: Path, data) -> None:
+    """Writes JSON atomically: a reader sees the old file or the new one, never half."""
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
+    os.replace(tmp, path)
+
+
+def read_config(workdir) -> TrainConfig:
+    """The config stored in a run folder."""
+    path = Path(workdir) / "config.json"
+    if not path.exists():
+        raise RunError(f"{workdir} holds no run (no config.json)")
+    return TrainConfig.from_dict(json.loads(path.read_text()))
+
+
+def read_metrics(workdir) -> list[dict]:
+    path = Path(workdir) / "metrics.jsonl"
+    return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+
+
+def _differences(a: TrainConfig, b: TrainConfig, ignore=()) -> list[str]:
+    da, db = json.loads(a.to_json()), json.loads(b.to_json())
+    return sorted(k for k in da if k not in ignore and da[k] != db.get(k))
+
+
+def _check_workdir(workdir: Path, config: TrainConfig, resume: bool) -> None:
+    if not (workdir / "config.json").exists():
+        if resume:
+            raise RunError(f"nothing to resume: {workdir} holds no run")
+        return
+    stored = read_config(workdir)
+    if not resume:
+        changed = _differences(stored, config)
+        detail = f" with another config (differs in: {', '.join(changed)})" if changed else ""
+        raise RunError(f"{workdir} already holds a run{detail}; pass --resume to continue it "
+                       "or choose another --workdir")
+    changed = _differences(stored, config, ignore=("epochs",))
+    if changed:
+        raise RunError(f"cannot resume {workdir} with another config (differs in: "
+                       f"{', '.join(changed)}); only --epochs may change")
+
+
+def prepare_data(config: TrainConfig, data_dir=None, manual_dir=None):
+    """Loads the data set, checks it against the config; returns (train, test) images."""
+    binarization = "static" if config.binarization == "static" else "none"
+    data = input_pipeline.load(config.dataset, binarization=binarization,
+                               data_dir=data_dir, manual_dir=manual_dir)
+    train, test = data.train.images, data.test.images
+    if config.batch_size > train.shape[0]:
+        raise ConfigError(f"batch size {config.batch_size} is larger than the "
+                          f"{train.shape[0]} training examples of {config.dataset}")
+    if config.binarization == "dynamic":
+        key = jax.random.PRNGKey(_TEST_BINARIZATION_SEED)
+        test = np.asarray(jax.random.bernoulli(key, test), np.float32)
+    return train, test
+
+
+def _check_devices(config: TrainConfig) -> None:
+    available = len(jax.devices())
+    if config.devices > available:
+        raise ConfigError(f"{config.devices} devices asked for, {available} available")
+    if config.batch_size % config.devices:
+        raise ConfigError(f"batch size {config.batch_size} must be divisible by "
+                          f"the {config.devices} devices it is sharded over")
+
+
+def _epoch_records(trainer, epoch, train_metrics, test_metrics, examples_per_second):
+    records = []
+    for i, (seed, beta) in enumerate(trainer.replicas()):
+        train = {k: float(np.mean(v[i])) for k, v in train_metrics.items()}
+        records.append({
+            "epoch": epoch, "model": i, "seed": seed, "beta": beta,
+            "beta_in_use": train["beta"], "train_elbo": train["elbo"], "train_loss": train["loss"],
+            "train_rate": train["rate"], "train_distortion": train["distortion"],
+            "test_elbo": float(test_metrics["elbo"][i]), "rate": float(test_metrics["rate"][i]),
+            "distortion": float(test_metrics["distortion"][i]),
+            "examples_per_second": examples_per_second,
+        })
+    return records
+
+
+def _summary(config, trainer, records, speeds, wall_seconds, epochs_done):
+    last = records[-trainer.config.num_models:]
+    models = [{k: r[k] for k in ("model", "seed", "beta", "beta_in_use", "test_elbo", "rate",
+                                 "distortion", "train_elbo")} for r in last]
+    summary = {
+        "dataset": config.dataset, "epochs": epochs_done, "num_models": len(models),
+        "wall_seconds": wall_seconds, "models": models,
+        # The first epoch of a process includes compilation, so it is left out when others exist.
+        "train_examples_per_second": statistics.median(speeds[1:] or speeds) if speeds else None,
+    }
+    for key in ("test_elbo", "rate", "distortion"):
+        values = [m[key] for m in models]
+        summary[key] = values[0] if len(values) == 1 else values
+    return summary
+
+
+def train_and_evaluate(config: TrainConfig, workdir, *, resume: bool = False, data_dir=None,
+                       manual_dir=None, progress: bool = True, stepwise: bool = False) -> dict:
+    """Trains the config's models, writes the run folder, returns the summary.
+
+    Every check (config, data, devices, run folder) runs before anything is
+    written. Checkpoints are written every `checkpoint_every` epochs and at the
+    end; with resume=True the run continues from its latest checkpoint.
+
+    Args:
+      config: the run's TrainConfig.
+      workdir: the run folder.
+      resume: continue the run in workdir (only `epochs` may differ).
+      data_dir: TFDS's prepared-data cache.
+      manual_dir: folder holding the TFDS download files, one sub-folder per data set.
+      progress: show a progress bar.
+      stepwise: train with one jitted step per host batch instead of whole-epoch scans.
+
+    Returns:
+      the contents of summary.json.
+    """
+    validate(config)
+    workdir = Path(workdir)
+    _check_devices(config)
+    _check_workdir(workdir, config, resume)
+    train, test = prepare_data(config, data_dir, manual_dir)
+    trainer = Trainer(config, train.shape[1:], train.shape[0])
+
+    workdir.mkdir(parents=True, exist_ok=True)
+    write_json(workdir / "config.json", json.loads(config.to_json()))
+    checkpointer = Checkpointer(str(workdir / "checkpoints"))
+    state, start = trainer.init(), 0
+    records, speeds, wall_seconds = [], [], 0.0
+    if resume and checkpointer.latest_epoch() is not None:
+        start = checkpointer.latest_epoch()
+        state = trainer.place(checkpointer.restore(start, state))
+        records = [r for r in read_metrics(workdir) if r["epoch"] <= start]
+        previous = json.loads((workdir / "summary.json").read_text()) if (workdir / "summary.json").exists() else {}
+        wall_seconds = previous.get("wall_seconds", 0.0)
+    (workdir / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+
+    train_device, test_device = trainer.place(train), trainer.place(test)
+    bar = _progress(range(start, config.epochs), progress)
+    examples = config.num_models * trainer.steps_per_epoch * config.batch_size
+    with open(workdir / "metrics.jsonl", "a") as metrics_file:
+        for epoch in bar:
+            tic = time.perf_counter()
+            if stepwise:
+                new_state, metrics = trainer.train_epoch_stepwise(state, train, epoch)
+            else:
+                new_state, metrics = trainer.train_epoch(state, train_device, epoch)
+            metrics = jax.device_get(metrics)
+            seconds = time.perf_counter() - tic
+            if not np.all(np.isfinite(metrics["loss"])):
+                _stop_non_finite(checkpointer, workdir, epoch + 1, metrics["loss"])
+            state = new_state
+            test_metrics = jax.device_get(trainer.evaluate(state, test_device, epoch))
+            speeds.append(examples / seconds)
+            wall_seconds += time.perf_counter() - tic
+            epoch_records = _epoch_records(trainer, epoch + 1, metrics, test_metrics, examples / seconds)
+            records += epoch_records
+            metrics_file.write("".join(json.dumps(r) + "\n" for r in epoch_records))
+            metrics_file.flush()
+            if (epoch + 1) % config.checkpoint_every == 0 or epoch + 1 == config.epochs:
+                checkpointer.save(epoch + 1, state)
+            if progress:
+                bar.set_postfix(elbo=f"{epoch_records[0]['test_elbo']:.2f}",
+                                ex_per_s=f"{examples / seconds:,.0f}")
+    checkpointer.close()
+    summary = _summary(config, trainer, records, speeds, wall_seconds, config.epochs)
+    write_json(workdir / "summary.json", summary)
+    from vaejax import plots  # matplotlib only when figures are drawn
+    plots.write_run_figures(workdir, trainer, state, test, records)
+    return summary
+
+
+def _stop_non_finite(checkpointer, workdir, epoch, losses):
+    bad = sorted({int(i) for i in np.nonzero(~np.isfinite(losses))[0]})
+    kept = checkpointer.latest_epoch()
+    checkpointer.close()
+    where = (f"the last good checkpoint (epoch {kept}) is kept in {workdir / 'checkpoints'}"
+             if kept is not None else "no checkpoint had been written yet")
+    raise NonFiniteLossError(f"the training loss became non-finite in epoch {epoch} "
+                             f"(model {', '.join(map(str, bad))}); training stopped and {where}. "
+                             "Try a lower learning rate.")
+
+
+def _progress(epochs, enabled):
+    if not enabled:
+        return epochs
+    from tqdm.auto import tqdm
+    return tqdm(epochs, desc="epochs", unit="epoch")
+
+
+def load_run(workdir, data_dir=None, manual_dir=None):
+    """(config, trainer, state, train images, test images) of a finished run folder."""
+    config = read_config(workdir)
+    train, test = prepare_data(config, data_dir, manual_dir)
+    trainer = Trainer(config, train.shape[1:], train.shape[0])
+    checkpointer = Checkpointer(str(Path(workdir) / "checkpoints"))
+    epoch = checkpointer.latest_epoch()
+    if epoch is None:
+        raise RunError(f"{workdir} holds no checkpoint")
+    state = trainer.place(checkpointer.restore(epoch, trainer.init()))
+    checkpointer.close()
+    return config, trainer, state, train, test
