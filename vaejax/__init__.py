@@ -7,11 +7,13 @@ on demand so that `import vaejax` stays light.
 
 from vaejax.core.autoencoders import contractive_penalty, corrupt, sparse_penalty
 from vaejax.core.discrete import (
+    Categorical,
     categorical_log_prob,
     gumbel_softmax,
     kl_categorical,
     leave_one_out_baseline,
     score_function_surrogate,
+    uniform_categorical_log_prob,
 )
 from vaejax.core.gaussian import (
     diag_normal_entropy,
@@ -44,6 +46,7 @@ from vaejax.core.posteriors import CholeskyGaussian, DiagonalGaussian
 __version__ = "0.1.0"
 
 __all__ = [
+    "Categorical",
     "CholeskyGaussian",
     "DiagonalGaussian",
     "ElboTerms",
@@ -74,4 +77,5 @@ __all__ = [
     "score_function_surrogate",
     "sparse_penalty",
     "standard_normal_log_prob",
+    "uniform_categorical_log_prob",
 ]

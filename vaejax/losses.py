@@ -4,7 +4,6 @@ Each returns a scalar loss (mean over the batch) and per-batch metrics. The
 β here is the effective β of this step (after warm-up or dual ascent).
 """
 
-import jax
 import jax.numpy as jnp
 
 import vaejax
@@ -34,20 +33,18 @@ def _gaussian_loss(model: VAE, x, key, config: TrainConfig, beta):
 
 
 def _categorical_loss(model: VAE, x, key, config: TrainConfig, beta, temperature):
-    logits = model.encode(x)
-    kl = jnp.sum(vaejax.kl_categorical(logits, jnp.zeros_like(logits)), axis=-1)
-    shape = (config.num_samples, *logits.shape)
+    posterior = model.encode(x)
+    kl = posterior.kl_uniform()
     if config.estimator == "gumbel_softmax":
-        z = vaejax.gumbel_softmax(key, jnp.broadcast_to(logits, shape), temperature)
+        shape = (config.num_samples, *posterior.logits.shape)
+        z = vaejax.gumbel_softmax(key, jnp.broadcast_to(posterior.logits, shape), temperature)
         log_lik = model.log_likelihood(z, x)
         objective = log_lik
     else:
-        one_hot = jax.nn.one_hot(jax.random.categorical(key, jnp.broadcast_to(logits, shape)),
-                                 logits.shape[-1])
+        one_hot = posterior.sample(key, config.num_samples)
         log_lik = model.log_likelihood(one_hot, x)
-        log_q = jnp.sum(vaejax.categorical_log_prob(logits, one_hot), axis=-1)
-        baseline = (vaejax.leave_one_out_baseline(log_lik) if config.num_samples > 1 else 0.0)
-        objective = vaejax.score_function_surrogate(log_q, log_lik, baseline)
+        baseline = vaejax.leave_one_out_baseline(log_lik) if config.num_samples > 1 else 0.0
+        objective = vaejax.score_function_surrogate(posterior.log_prob(one_hot), log_lik, baseline)
     loss = -jnp.mean(objective) + beta * jnp.mean(kl)
     log_lik = jnp.mean(log_lik)
     return loss, {"elbo": log_lik - jnp.mean(kl), "rate": jnp.mean(kl), "distortion": -log_lik}
@@ -73,8 +70,6 @@ def eval_terms(model: VAE, x, key):
     if model.config.posterior != "categorical":
         terms = vaejax.elbo(key, x, posterior, model.log_likelihood)
         return terms.elbo, terms.kl, terms.distortion
-    logits = posterior
-    one_hot = jax.nn.one_hot(jax.random.categorical(key, logits), logits.shape[-1])
-    kl = jnp.sum(vaejax.kl_categorical(logits, jnp.zeros_like(logits)), axis=-1)
-    log_lik = model.log_likelihood(one_hot, x)
+    kl = posterior.kl_uniform()
+    log_lik = model.log_likelihood(posterior.sample(key), x)
     return log_lik - kl, kl, -log_lik

@@ -103,7 +103,7 @@ class VAE(nnx.Module):
             self.log_scale = nnx.Param(jnp.zeros(shape))
 
     def encode(self, x):
-        """q(z|x): DiagonalGaussian, CholeskyGaussian, or logits (..., d, categories)."""
+        """q(z|x): a DiagonalGaussian, CholeskyGaussian or Categorical (logits (..., d, K))."""
         if self.config.architecture == "mlp":
             x = x.reshape(*x.shape[:-3], -1)
         out = self.posterior_head(self.encoder(x))
@@ -111,7 +111,7 @@ class VAE(nnx.Module):
         if self.config.posterior == "diagonal":
             return vaejax.DiagonalGaussian(out[..., :d], out[..., d:])
         if self.config.posterior == "categorical":
-            return out.reshape(*out.shape[:-1], d, self.config.num_categories)
+            return vaejax.Categorical(out.reshape(*out.shape[:-1], d, self.config.num_categories))
         rows, cols = jnp.tril_indices(d)
         # A softplus diagonal keeps the Cholesky factor valid for any network output.
         entries = jnp.where(rows == cols, jax.nn.softplus(out[..., d:]) + 1e-4, out[..., d:])

@@ -45,7 +45,7 @@ def posterior_code(model, x):
     """A point code for x: the posterior mean, or the most likely category."""
     q = model.encode(x)
     if model.config.posterior == "categorical":
-        return jax.nn.one_hot(jnp.argmax(q, axis=-1), q.shape[-1])
+        return jax.nn.one_hot(jnp.argmax(q.logits, axis=-1), q.logits.shape[-1])
     return q.mean
 
 
@@ -107,3 +107,41 @@ def write_curves(path: Path, records: list[dict], labels: list[str]) -> None:
         axes[3].set_title("rate–distortion (test)", fontsize=10)
     fig.tight_layout()
     save(fig, path)
+
+
+def _traversal_codes(model, base, steps: int):
+    """Codes varying one latent at a time around `base`: (dims, steps, *code)."""
+    if model.config.posterior == "categorical":
+        d, k = base.shape
+        eye = jnp.eye(k)
+        return jnp.stack([jnp.stack([base.at[j].set(eye[c]) for c in range(k)]) for j in range(d)])
+    values = jnp.linspace(-3.0, 3.0, steps)
+    dims = min(base.shape[-1], 10)
+    return jnp.stack([jnp.tile(base, (steps, 1)).at[:, j].set(values) for j in range(dims)])
+
+
+def write_sample_figures(outdir, trainer, state, test: np.ndarray, model_index: int = 0,
+                         seed: int = 0, steps: int = 9) -> list[Path]:
+    """samples.png, interpolations.png and traversals.png of one model; returns the paths."""
+    outdir = Path(outdir)
+    params = jax.tree.map(lambda p: p[model_index], state.params)
+    model = trainer.model(params)
+    key = jax.random.PRNGKey(seed)
+    samples = model.mean_image(model.prior_sample(key, 64))
+    codes = posterior_code(model, jnp.asarray(test[:16]))
+    t = jnp.linspace(0.0, 1.0, steps).reshape(-1, *([1] * (codes.ndim - 1)))
+    interpolations = model.mean_image((1 - t) * codes[0:8:2][:, None] + t * codes[1:8:2][:, None])
+    traversals = model.mean_image(_traversal_codes(model, codes[0], steps))
+    label = _model_labels(trainer)[model_index]
+    paths = []
+    for name, images, cols, title in (
+            ("samples.png", np.asarray(samples), 8, f"samples z ~ p(z), {label}"),
+            ("interpolations.png", np.asarray(interpolations).reshape(-1, *test.shape[1:]), steps,
+             "interpolations between posterior codes of test images"),
+            ("traversals.png", np.asarray(traversals).reshape(-1, *test.shape[1:]),
+             traversals.shape[1], "latent traversals: one latent varied per row")):
+        fig, ax = plt.subplots(figsize=(0.45 * cols + 1, 0.45 * (-(-images.shape[0] // cols)) + 0.6))
+        _show(ax, tile(images, cols), title)
+        save(fig, outdir / name)
+        paths.append(outdir / name)
+    return paths

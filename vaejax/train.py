@@ -10,9 +10,9 @@ import os
 import statistics
 import time
 from pathlib import Path
+from typing import NamedTuple
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 from vaejax import input_pipeline
@@ -75,8 +75,17 @@ def _check_workdir(workdir: Path, config: TrainConfig, resume: bool) -> None:
                        f"{', '.join(changed)}); only --epochs may change")
 
 
-def prepare_data(config: TrainConfig, data_dir=None, manual_dir=None):
-    """Loads the data set, checks it against the config; returns (train, test) images."""
+class RunData(NamedTuple):
+    """Images (N, H, W, C) in [0, 1] and labels (None where the data set has none)."""
+
+    train: np.ndarray
+    test: np.ndarray
+    train_labels: np.ndarray | None
+    test_labels: np.ndarray | None
+
+
+def prepare_data(config: TrainConfig, data_dir=None, manual_dir=None) -> RunData:
+    """Loads the data set and checks it against the config."""
     binarization = "static" if config.binarization == "static" else "none"
     data = input_pipeline.load(config.dataset, binarization=binarization,
                                data_dir=data_dir, manual_dir=manual_dir)
@@ -87,7 +96,7 @@ def prepare_data(config: TrainConfig, data_dir=None, manual_dir=None):
     if config.binarization == "dynamic":
         key = jax.random.PRNGKey(_TEST_BINARIZATION_SEED)
         test = np.asarray(jax.random.bernoulli(key, test), np.float32)
-    return train, test
+    return RunData(train, test, data.train.labels, data.test.labels)
 
 
 def _check_devices(config: TrainConfig) -> None:
@@ -124,9 +133,29 @@ def _summary(config, trainer, records, speeds, wall_seconds, epochs_done):
         # The first epoch of a process includes compilation, so it is left out when others exist.
         "train_examples_per_second": statistics.median(speeds[1:] or speeds) if speeds else None,
     }
-    for key in ("test_elbo", "rate", "distortion"):
-        values = [m[key] for m in models]
+    _lift(summary, ("test_elbo", "rate", "distortion"))
+    return summary
+
+
+def _lift(summary: dict, keys) -> None:
+    """Copies per-model values to the top level: a number for one model, else a list."""
+    for key in keys:
+        values = [m[key] for m in summary["models"]]
         summary[key] = values[0] if len(values) == 1 else values
+
+
+def update_summary(workdir, per_model: dict[str, list], extra: dict) -> dict:
+    """Adds per-model results (key → one value per model) and run-level values to summary.json."""
+    path = Path(workdir) / "summary.json"
+    if not path.exists():
+        raise RunError(f"{workdir} holds no finished run (no summary.json)")
+    summary = json.loads(path.read_text())
+    for key, values in per_model.items():
+        for model, value in zip(summary["models"], values):
+            model[key] = value
+    _lift(summary, per_model)
+    summary.update(extra)
+    write_json(path, summary)
     return summary
 
 
@@ -154,7 +183,7 @@ def train_and_evaluate(config: TrainConfig, workdir, *, resume: bool = False, da
     workdir = Path(workdir)
     _check_devices(config)
     _check_workdir(workdir, config, resume)
-    train, test = prepare_data(config, data_dir, manual_dir)
+    train, test, _, _ = prepare_data(config, data_dir, manual_dir)
     trainer = Trainer(config, train.shape[1:], train.shape[0])
 
     workdir.mkdir(parents=True, exist_ok=True)
@@ -224,14 +253,14 @@ def _progress(epochs, enabled):
 
 
 def load_run(workdir, data_dir=None, manual_dir=None):
-    """(config, trainer, state, train images, test images) of a finished run folder."""
+    """(config, trainer, state, RunData) of a run folder, at its latest checkpoint."""
     config = read_config(workdir)
-    train, test = prepare_data(config, data_dir, manual_dir)
-    trainer = Trainer(config, train.shape[1:], train.shape[0])
+    data = prepare_data(config, data_dir, manual_dir)
+    trainer = Trainer(config, data.train.shape[1:], data.train.shape[0])
     checkpointer = Checkpointer(str(Path(workdir) / "checkpoints"))
     epoch = checkpointer.latest_epoch()
     if epoch is None:
         raise RunError(f"{workdir} holds no checkpoint")
     state = trainer.place(checkpointer.restore(epoch, trainer.init()))
     checkpointer.close()
-    return config, trainer, state, train, test
+    return config, trainer, state, data

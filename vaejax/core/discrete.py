@@ -1,6 +1,9 @@
 """Discrete latents: the score-function (REINFORCE) estimator, Gumbel-softmax,
 and categorical log-probabilities and KL."""
 
+import math
+from typing import NamedTuple
+
 import jax
 import jax.numpy as jnp
 from jax.typing import ArrayLike
@@ -110,3 +113,38 @@ def kl_categorical(logits_q: ArrayLike, logits_p: ArrayLike) -> jax.Array:
     log_q = jax.nn.log_softmax(jnp.asarray(logits_q), axis=-1)
     log_p = jax.nn.log_softmax(jnp.asarray(logits_p), axis=-1)
     return jnp.sum(jnp.exp(log_q) * (log_q - log_p), axis=-1)
+
+
+def uniform_categorical_log_prob(one_hot: ArrayLike) -> jax.Array:
+    """log p(z) = −d·log K under the uniform prior over d variables of K categories.
+
+    Args:
+      one_hot: draws, shape (..., d, K).
+
+    Returns:
+      log-probabilities, shape (...).
+    """
+    one_hot = jnp.asarray(one_hot)
+    d, k = one_hot.shape[-2:]
+    return jnp.full(one_hot.shape[:-2], -d * math.log(k), one_hot.dtype)
+
+
+class Categorical(NamedTuple):
+    """q(z|x) over d independent categorical variables; logits of shape (..., d, K).
+
+    Draws are one-hot and carry no gradient: train through them with
+    `gumbel_softmax` or `score_function_surrogate`.
+    """
+
+    logits: jax.Array
+
+    def sample(self, key, num_samples=None):
+        shape = self.logits.shape if num_samples is None else (num_samples, *self.logits.shape)
+        draws = jax.random.categorical(key, jnp.broadcast_to(self.logits, shape))
+        return jax.nn.one_hot(draws, self.logits.shape[-1], dtype=self.logits.dtype)
+
+    def log_prob(self, one_hot):
+        return jnp.sum(categorical_log_prob(self.logits, one_hot), axis=-1)
+
+    def kl_uniform(self):
+        return jnp.sum(kl_categorical(self.logits, jnp.zeros_like(self.logits)), axis=-1)

@@ -1,7 +1,8 @@
 """The ELBO in its equivalent forms, the IWAE bound and importance-sampled log p(x).
 
-The prior is N(0, I). `log_likelihood_fn(z, x)` is the decoder's log p(x|z):
-z has shape (num_samples, *batch, d) and the result (num_samples, *batch).
+The prior is N(0, I) unless a `log_prior_fn` is given. `log_likelihood_fn(z, x)`
+is the decoder's log p(x|z): z has shape (num_samples, *batch, *latent) and the
+result (num_samples, *batch).
 """
 
 import math
@@ -12,10 +13,12 @@ import jax.numpy as jnp
 from jax.typing import ArrayLike
 
 from vaejax.core import gaussian
+from vaejax.core.discrete import Categorical
 from vaejax.core.posteriors import CholeskyGaussian, DiagonalGaussian
 
 Posterior = DiagonalGaussian | CholeskyGaussian
 LogLikelihoodFn = Callable[[jax.Array, jax.Array], jax.Array]
+LogPriorFn = Callable[[jax.Array], jax.Array]
 
 
 class ElboTerms(NamedTuple):
@@ -91,23 +94,25 @@ def elbo(key: jax.Array, x: ArrayLike, posterior: Posterior,
     return ElboTerms(elbo=log_lik - kl, loss=-log_lik + beta * kl, log_likelihood=log_lik, kl=kl)
 
 
-def log_importance_weights(key: jax.Array, x: ArrayLike, posterior: Posterior,
-                           log_likelihood_fn: LogLikelihoodFn, num_samples: int) -> jax.Array:
-    """log w_k = log p(x|z_k) + log p(z_k) − log q(z_k|x), z_k ~ q(z|x) reparameterized.
+def log_importance_weights(key: jax.Array, x: ArrayLike, posterior: Posterior | Categorical,
+                           log_likelihood_fn: LogLikelihoodFn, num_samples: int,
+                           log_prior_fn: LogPriorFn = gaussian.standard_normal_log_prob
+                           ) -> jax.Array:
+    """log w_k = log p(x|z_k) + log p(z_k) − log q(z_k|x), z_k ~ q(z|x).
 
     Args:
       key: a PRNG key.
       x: the batch, shape (*batch, *event).
-      posterior: q(z|x) with batch shape `batch`.
+      posterior: q(z|x) with batch shape `batch` (Gaussian draws are reparameterized).
       log_likelihood_fn: (z, x) ↦ log p(x|z).
       num_samples: K.
+      log_prior_fn: z ↦ log p(z); N(0, I) by default.
 
     Returns:
       log-weights, shape (K, *batch).
     """
     z = posterior.sample(key, num_samples)
-    return (log_likelihood_fn(z, jnp.asarray(x)) + gaussian.standard_normal_log_prob(z)
-            - posterior.log_prob(z))
+    return log_likelihood_fn(z, jnp.asarray(x)) + log_prior_fn(z) - posterior.log_prob(z)
 
 
 def iwae_bound(log_weights: ArrayLike, axis: int = 0) -> jax.Array:
@@ -130,9 +135,11 @@ def iwae_bound(log_weights: ArrayLike, axis: int = 0) -> jax.Array:
     return jax.nn.logsumexp(log_weights, axis=axis) - jnp.log(k).astype(log_weights.dtype)
 
 
-def importance_log_likelihood(key: jax.Array, x: ArrayLike, posterior: Posterior,
+def importance_log_likelihood(key: jax.Array, x: ArrayLike, posterior: Posterior | Categorical,
                               log_likelihood_fn: LogLikelihoodFn, num_samples: int = 5000,
-                              chunk_size: int = 500) -> jax.Array:
+                              chunk_size: int = 500,
+                              log_prior_fn: LogPriorFn = gaussian.standard_normal_log_prob
+                              ) -> jax.Array:
     """Estimates log p(x) ≈ log (1/K) Σ_k p(x, z_k)/q(z_k|x) with K draws from q.
 
     The K draws are taken `chunk_size` at a time inside one `lax.map`, so memory
@@ -145,6 +152,7 @@ def importance_log_likelihood(key: jax.Array, x: ArrayLike, posterior: Posterior
       log_likelihood_fn: (z, x) ↦ log p(x|z).
       num_samples: K; must be a multiple of chunk_size (or smaller than it).
       chunk_size: draws per chunk.
+      log_prior_fn: z ↦ log p(z); N(0, I) by default.
 
     Returns:
       estimates of log p(x), shape `batch`.
@@ -158,7 +166,7 @@ def importance_log_likelihood(key: jax.Array, x: ArrayLike, posterior: Posterior
             f"num_samples={num_samples} must be a positive multiple of chunk_size={chunk_size}")
 
     def chunk(k):
-        log_w = log_importance_weights(k, x, posterior, log_likelihood_fn, chunk_size)
+        log_w = log_importance_weights(k, x, posterior, log_likelihood_fn, chunk_size, log_prior_fn)
         return jax.nn.logsumexp(log_w, axis=0)
 
     per_chunk = jax.lax.map(chunk, jax.random.split(key, num_samples // chunk_size))

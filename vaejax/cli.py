@@ -1,0 +1,203 @@
+"""The `vaejax` command: train, evaluate, sample.
+
+Bad input ends with one line on stderr and exit code 2; nothing is written.
+"""
+
+import argparse
+import dataclasses
+import sys
+import time
+from pathlib import Path
+
+from vaejax.config import PRESETS, ConfigError, TrainConfig
+
+_EXIT_USAGE = 2
+
+
+def _floats(text):
+    try:
+        return tuple(float(v) for v in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}")
+
+
+def _ints(text):
+    try:
+        return tuple(int(v) for v in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}")
+
+
+def _scale(text):
+    return None if text == "learned" else float(text)
+
+
+# Flags that set a field of ModelConfig (dest → field) and of TrainConfig.
+_MODEL_FLAGS = ("architecture", "hidden", "conv_channels", "activation", "latent_dim",
+                "posterior", "num_categories", "likelihood", "gaussian_scale")
+_TRAIN_FLAGS = ("dataset", "binarization", "objective", "num_samples", "betas", "seeds",
+                "kl_warmup_epochs", "free_bits", "kl_target", "dual_learning_rate", "estimator",
+                "temperature", "min_temperature", "temperature_decay", "epochs", "batch_size",
+                "learning_rate", "devices", "checkpoint_every")
+
+
+def _add_data_flags(p):
+    p.add_argument("--manual-dir", help="folder holding the TFDS download files, one sub-folder "
+                   "per data set (default: $VAEJAX_MANUAL_DIR)")
+    p.add_argument("--data-dir", help="TFDS prepared-data cache (default: $VAEJAX_DATA_DIR or "
+                   "~/tensorflow_datasets)")
+
+
+def _parser():
+    parser = argparse.ArgumentParser(prog="vaejax", description="Variational autoencoders in JAX.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    t = sub.add_parser("train", help="train models and write a run folder",
+                       argument_default=argparse.SUPPRESS)
+    t.add_argument("--dataset", help="digits (default, offline), mnist, binarized_mnist, "
+                   "fashion_mnist, cifar10")
+    t.add_argument("--preset", choices=sorted(PRESETS), help="architecture preset (default: digits)")
+    t.add_argument("--architecture", choices=("mlp", "conv"))
+    t.add_argument("--hidden", type=_ints, help="hidden widths, e.g. 200,200")
+    t.add_argument("--conv-channels", type=_ints)
+    t.add_argument("--activation")
+    t.add_argument("--latent-dim", type=int, help="latent size (categorical: number of variables)")
+    t.add_argument("--posterior", help="diagonal, full or categorical")
+    t.add_argument("--categories", dest="num_categories", type=int)
+    t.add_argument("--likelihood", help="bernoulli, gaussian or continuous_bernoulli")
+    t.add_argument("--gaussian-scale", type=_scale, help="fixed σ of a Gaussian decoder, or 'learned'")
+    t.add_argument("--binarization", help="dynamic (default), static or none")
+    t.add_argument("--objective", help="elbo (default) or iwae")
+    t.add_argument("-k", "--num-samples", type=int, help="samples per example (IWAE k)")
+    t.add_argument("--beta", dest="betas", type=_floats, help="β values, one model each: 0.5,1,4")
+    t.add_argument("--seeds", type=_ints, help="seeds, one model each: 0,1,2")
+    t.add_argument("--kl-warmup-epochs", type=int)
+    t.add_argument("--free-bits", type=float, help="nats per latent dimension")
+    t.add_argument("--kl-target", type=float, help="δ of the constrained form KL ≤ δ (β by dual ascent)")
+    t.add_argument("--dual-lr", dest="dual_learning_rate", type=float)
+    t.add_argument("--estimator", help="gumbel_softmax or score_function (categorical latents)")
+    t.add_argument("--temperature", type=float)
+    t.add_argument("--min-temperature", type=float)
+    t.add_argument("--temperature-decay", type=float)
+    t.add_argument("--epochs", type=int)
+    t.add_argument("--batch-size", type=int)
+    t.add_argument("--learning-rate", "--lr", dest="learning_rate", type=float)
+    t.add_argument("--devices", type=int, help="devices to shard each batch over")
+    t.add_argument("--checkpoint-every", type=int)
+    t.add_argument("--workdir", help="run folder (default: runs/DATASET-TIME)")
+    t.add_argument("--resume", action="store_true", help="continue the run in --workdir")
+    t.add_argument("--stepwise", action="store_true",
+                   help="one jitted step per host batch instead of whole-epoch programs")
+    t.add_argument("--no-progress", action="store_true")
+    _add_data_flags(t)
+
+    e = sub.add_parser("evaluate", help="importance-sampled test log-likelihood of a run")
+    e.add_argument("--workdir", required=True)
+    e.add_argument("-k", "--num-samples", type=int, default=5000)
+    e.add_argument("--chunk-size", type=int, default=500)
+    e.add_argument("--batch-size", type=int, default=100, help="test images per compiled call")
+    e.add_argument("--no-progress", action="store_true")
+    _add_data_flags(e)
+
+    s = sub.add_parser("sample", help="sample grid, interpolations and latent traversals of a run")
+    s.add_argument("--workdir", required=True)
+    s.add_argument("--model", type=int, default=0, help="which model of a sweep")
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--out", help="folder for the figures (default: WORKDIR/samples)")
+    _add_data_flags(s)
+    return parser
+
+
+def _train_config(given: dict) -> TrainConfig:
+    if given.get("resume"):
+        from vaejax.train import read_config
+        base = read_config(given["workdir"])
+    else:
+        base = TrainConfig()
+        if "preset" in given:
+            base = dataclasses.replace(base, model=PRESETS[given["preset"]])
+    model = dataclasses.replace(base.model, **{k: given[k] for k in _MODEL_FLAGS if k in given})
+    return dataclasses.replace(base, model=model, **{k: given[k] for k in _TRAIN_FLAGS if k in given})
+
+
+def _train(args):
+    given = vars(args)
+    if given.get("resume") and "workdir" not in given:
+        raise ConfigError("--resume needs the --workdir of the run to continue")
+    config = _train_config(given)
+    if config.devices > 1:
+        import jax
+        jax.config.update("jax_num_cpu_devices", config.devices)  # host devices stand in on CPU
+    from vaejax.train import train_and_evaluate
+    workdir = given.get("workdir") or f"runs/{config.dataset}-{time.strftime('%Y%m%d-%H%M%S')}"
+    summary = train_and_evaluate(config, workdir, resume=given.get("resume", False),
+                                 data_dir=given.get("data_dir"), manual_dir=given.get("manual_dir"),
+                                 progress=not given.get("no_progress"),
+                                 stepwise=given.get("stepwise", False))
+    for m in summary["models"]:
+        print(f"model {m['model']} (seed {m['seed']}, β={m['beta']:g}): test ELBO {m['test_elbo']:.3f} "
+              f"nats, rate {m['rate']:.3f}, distortion {m['distortion']:.3f}")
+    print(f"{summary['train_examples_per_second']:,.0f} training examples/s; run folder: {workdir}")
+
+
+def _evaluate(args):
+    if args.num_samples < 1 or args.chunk_size < 1 or args.batch_size < 1:
+        raise ConfigError("--num-samples, --chunk-size and --batch-size must be >= 1")
+    from vaejax import evaluation
+    from vaejax.train import load_run, update_summary
+    config, trainer, state, data = load_run(args.workdir, args.data_dir, args.manual_dir)
+    tic = time.perf_counter()
+    log_px = evaluation.importance_log_likelihood(
+        trainer, state, data.test, num_samples=args.num_samples,
+        chunk_size=min(args.chunk_size, args.num_samples), batch_size=args.batch_size,
+        progress=not args.no_progress)
+    seconds = time.perf_counter() - tic
+    train_codes = evaluation.latent_codes(trainer, state, data.train)
+    test_codes = evaluation.latent_codes(trainer, state, data.test)
+    per_model = {"test_log_likelihood": [float(v) for v in log_px.mean(axis=1)],
+                 "active_units": [int(v) for v in evaluation.active_units(test_codes)]}
+    if data.train_labels is not None and data.test_labels is not None:
+        per_model["linear_probe_accuracy"] = [
+            evaluation.linear_probe_accuracy(tr, data.train_labels, te, data.test_labels)
+            for tr, te in zip(train_codes, test_codes)]
+    extra = {"log_likelihood_num_samples": args.num_samples,
+             "log_likelihood_seconds": seconds}
+    summary = update_summary(args.workdir, per_model, extra)
+    for m in summary["models"]:
+        line = f"model {m['model']}: test log p(x) ≈ {m['test_log_likelihood']:.3f} nats (K={args.num_samples})"
+        line += f", active units {m['active_units']}"
+        if "linear_probe_accuracy" in m:
+            line += f", linear probe accuracy {m['linear_probe_accuracy']:.3f}"
+        print(line)
+    print(f"importance sampling took {seconds:.1f} s for {data.test.shape[0]} test images")
+
+
+def _sample(args):
+    from vaejax import plots
+    from vaejax.train import load_run
+    config, trainer, state, data = load_run(args.workdir, args.data_dir, args.manual_dir)
+    if not 0 <= args.model < config.num_models:
+        raise ConfigError(f"--model must be in 0..{config.num_models - 1}")
+    out = Path(args.out or Path(args.workdir) / "samples")
+    out.mkdir(parents=True, exist_ok=True)
+    for path in plots.write_sample_figures(out, trainer, state, data.test, args.model, args.seed):
+        print(path)
+
+
+def main(argv=None) -> int:
+    args = _parser().parse_args(argv)
+    from vaejax.input_pipeline import DataError
+    from vaejax.train import NonFiniteLossError, RunError
+    try:
+        {"train": _train, "evaluate": _evaluate, "sample": _sample}[args.command](args)
+    except (ConfigError, DataError, RunError) as error:
+        print(f"vaejax {args.command}: error: {error}", file=sys.stderr)
+        return _EXIT_USAGE
+    except NonFiniteLossError as error:
+        print(f"vaejax {args.command}: {error}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
