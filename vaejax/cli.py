@@ -127,7 +127,10 @@ def _train(args):
     config = _train_config(given)
     if config.devices > 1:
         import jax
-        jax.config.update("jax_num_cpu_devices", config.devices)  # host devices stand in on CPU
+        try:  # on a CPU-only host, N host devices stand in for N accelerators
+            jax.config.update("jax_num_cpu_devices", config.devices)
+        except RuntimeError:
+            pass  # backends already started (in-process use): keep the devices there are
     from vaejax.train import train_and_evaluate
     workdir = given.get("workdir") or f"runs/{config.dataset}-{time.strftime('%Y%m%d-%H%M%S')}"
     summary = train_and_evaluate(config, workdir, resume=given.get("resume", False),

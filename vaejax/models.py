@@ -135,7 +135,7 @@ class VAE(nnx.Module):
             return vaejax.bernoulli_log_likelihood(params, x, event_ndims=3)
         if kind == "continuous_bernoulli":
             return vaejax.continuous_bernoulli_log_likelihood(params, x, event_ndims=3)
-        log_scale = (self.log_scale.value if self.config.learned_scale
+        log_scale = (self.log_scale[...] if self.config.learned_scale
                      else math.log(self.config.gaussian_scale))
         return vaejax.gaussian_log_likelihood(params, x, log_scale, event_ndims=3)
 

@@ -1,0 +1,143 @@
+"""Run folders: contents, exact resume, the non-finite stop, and many devices."""
+
+import dataclasses
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import jax
+import numpy as np
+import pytest
+
+from vaejax import losses
+from vaejax.checkpoints import Checkpointer
+from vaejax.config import TrainConfig
+from vaejax.train import NonFiniteLossError, RunError, read_metrics, train_and_evaluate
+from vaejax.trainer import Trainer
+
+
+def _final_leaves(workdir, config):
+    checkpointer = Checkpointer(str(workdir / "checkpoints"))
+    epoch = checkpointer.latest_epoch()
+    trainer = Trainer(config, (8, 8, 1), 1497)
+    state = checkpointer.restore(epoch, trainer.init())
+    checkpointer.close()
+    return epoch, [np.asarray(x) for x in jax.tree.leaves(state)]
+
+
+def test_run_folder_is_complete(tmp_path, small_config):
+    """A run writes config, metrics per epoch per model, summary, figures and checkpoints."""
+    config = dataclasses.replace(small_config, betas=(0.5, 1.0))
+    summary = train_and_evaluate(config, tmp_path / "run", progress=False)
+    run = tmp_path / "run"
+    for name in ("config.json", "metrics.jsonl", "summary.json", "samples.png",
+                 "reconstructions.png", "curves.png", "checkpoints"):
+        assert (run / name).exists(), name
+    assert TrainConfig.from_dict(json.loads((run / "config.json").read_text())) == config
+    records = read_metrics(run)
+    assert [(r["epoch"], r["model"]) for r in records] == [(e, m) for e in (1, 2, 3) for m in (0, 1)]
+    for key in ("dataset", "test_elbo", "rate", "distortion", "train_examples_per_second",
+                "epochs", "wall_seconds"):
+        assert key in summary
+    assert len(summary["models"]) == 2 and len(summary["test_elbo"]) == 2
+    assert summary["test_elbo"][1] == records[-1]["test_elbo"]
+    assert np.isclose(records[-1]["test_elbo"], -(records[-1]["rate"] + records[-1]["distortion"]),
+                      rtol=1e-5)
+    assert json.loads((run / "summary.json").read_text()) == summary
+
+
+def test_interrupted_and_resumed_run_is_bitwise_equal(tmp_path, small_config, monkeypatch):
+    """Stopping after epoch 4 (checkpoint every 2) and resuming ends bitwise where an unbroken run does."""
+    config = dataclasses.replace(small_config, epochs=6)
+    train_and_evaluate(config, tmp_path / "whole", progress=False)
+
+    original = Trainer.__init__
+
+    def interrupting_init(self, *args, **kwargs):
+        original(self, *args, **kwargs)
+        epoch_fn = self.train_epoch
+
+        def train_epoch(state, data, epoch):
+            if epoch == 4:
+                raise KeyboardInterrupt
+            return epoch_fn(state, data, epoch)
+        self.train_epoch = train_epoch
+
+    monkeypatch.setattr(Trainer, "__init__", interrupting_init)
+    with pytest.raises(KeyboardInterrupt):
+        train_and_evaluate(config, tmp_path / "broken", progress=False)
+    monkeypatch.setattr(Trainer, "__init__", original)
+    assert _final_leaves(tmp_path / "broken", config)[0] == 4
+    train_and_evaluate(config, tmp_path / "broken", resume=True, progress=False)
+
+    epoch_a, whole = _final_leaves(tmp_path / "whole", config)
+    epoch_b, resumed = _final_leaves(tmp_path / "broken", config)
+    assert epoch_a == epoch_b == 6
+    for a, b in zip(whole, resumed):
+        np.testing.assert_array_equal(a, b)
+    assert [r["epoch"] for r in read_metrics(tmp_path / "broken")] == [1, 2, 3, 4, 5, 6]
+
+
+def test_resume_extends_a_finished_run(tmp_path, small_config):
+    """Resuming with more epochs continues from the last checkpoint; other changes are refused."""
+    train_and_evaluate(small_config, tmp_path / "run", progress=False)
+    longer = dataclasses.replace(small_config, epochs=5)
+    summary = train_and_evaluate(longer, tmp_path / "run", resume=True, progress=False)
+    assert summary["epochs"] == 5
+    with pytest.raises(RunError, match="learning_rate"):
+        train_and_evaluate(dataclasses.replace(longer, learning_rate=0.1), tmp_path / "run",
+                           resume=True, progress=False)
+
+
+def test_non_finite_loss_stops_and_keeps_last_checkpoint(tmp_path, small_config, monkeypatch):
+    """A NaN loss stops training with a clear error; the last good checkpoint stays intact."""
+    config = dataclasses.replace(small_config, epochs=4, checkpoint_every=2)
+    train_and_evaluate(config, tmp_path / "run", progress=False)
+    epoch, before = _final_leaves(tmp_path / "run", config)
+
+    def nan_loss(*args, **kwargs):
+        loss, metrics = real_loss(*args, **kwargs)
+        return loss * np.nan, metrics
+
+    real_loss = losses.train_loss
+    monkeypatch.setattr(losses, "train_loss", nan_loss)
+    with pytest.raises(NonFiniteLossError, match=r"non-finite in epoch 5.*checkpoint \(epoch 4\)"):
+        train_and_evaluate(dataclasses.replace(config, epochs=6), tmp_path / "run", resume=True,
+                           progress=False)
+    epoch_after, after = _final_leaves(tmp_path / "run", config)
+    assert epoch_after == epoch == 4
+    for a, b in zip(before, after):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_eight_devices_equal_one(tmp_path):
+    """The batch sharded over 8 host devices gives the 1-device parameters."""
+    script = textwrap.dedent("""
+        import dataclasses, jax, numpy as np
+        from tests.training.conftest import SMALL
+        from vaejax.train import prepare_data
+        from vaejax.trainer import Trainer
+        assert len(jax.devices()) == 8
+        results = []
+        for devices in (1, 8):
+            config = dataclasses.replace(SMALL, devices=devices, batch_size=64, betas=(1.0, 2.0))
+            data = prepare_data(config)
+            trainer = Trainer(config, data.train.shape[1:], data.train.shape[0])
+            state, train = trainer.init(), trainer.place(data.train)
+            for epoch in range(2):
+                state, _ = trainer.train_epoch(state, train, epoch)
+            leaf = jax.tree.leaves(state.params)[0]
+            assert len(leaf.sharding.device_set) == devices
+            results.append([np.asarray(x) for x in jax.tree.leaves(state.params)])
+        for a, b in zip(*results):
+            np.testing.assert_allclose(a, b, rtol=2e-5, atol=2e-6)
+        print("sharded run matches")
+    """)
+    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8", JAX_PLATFORMS="cpu")
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    out = subprocess.run([sys.executable, "-c", script], cwd=root, env=env, capture_output=True,
+                         text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "sharded run matches" in out.stdout
