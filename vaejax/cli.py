@@ -38,7 +38,7 @@ _MODEL_FLAGS = ("architecture", "hidden", "conv_channels", "activation", "latent
 _TRAIN_FLAGS = ("dataset", "binarization", "objective", "num_samples", "betas", "seeds",
                 "kl_warmup_epochs", "free_bits", "kl_target", "dual_learning_rate", "estimator",
                 "temperature", "min_temperature", "temperature_decay", "epochs", "batch_size",
-                "learning_rate", "devices", "checkpoint_every")
+                "learning_rate", "lr_schedule", "devices", "checkpoint_every")
 
 
 def _add_data_flags(p):
@@ -82,6 +82,7 @@ def _parser():
     t.add_argument("--epochs", type=int)
     t.add_argument("--batch-size", type=int)
     t.add_argument("--learning-rate", "--lr", dest="learning_rate", type=float)
+    t.add_argument("--lr-schedule", help="constant (default) or cosine (decay to 0 over the epochs)")
     t.add_argument("--devices", type=int, help="devices to shard each batch over")
     t.add_argument("--checkpoint-every", type=int)
     t.add_argument("--workdir", help="run folder (default: runs/DATASET-TIME)")

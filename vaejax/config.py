@@ -15,6 +15,7 @@ LIKELIHOODS = ("bernoulli", "gaussian", "continuous_bernoulli")
 OBJECTIVES = ("elbo", "iwae")
 BINARIZATIONS = ("none", "static", "dynamic")
 ESTIMATORS = ("gumbel_softmax", "score_function")
+LR_SCHEDULES = ("constant", "cosine")
 
 
 class ConfigError(ValueError):
@@ -82,6 +83,7 @@ class TrainConfig:
     epochs: int = 100
     batch_size: int = 64
     learning_rate: float = 1e-3
+    lr_schedule: str = "constant"
     eval_batch_size: int = 1000
     devices: int = 1
     checkpoint_every: int = 10
@@ -122,6 +124,7 @@ def validate(config: TrainConfig) -> TrainConfig:
     _choice("objective", config.objective, OBJECTIVES)
     _choice("binarization", config.binarization, BINARIZATIONS)
     _choice("estimator", config.estimator, ESTIMATORS)
+    _choice("lr_schedule", config.lr_schedule, LR_SCHEDULES)
     _require(m.latent_dim >= 1, f"latent size must be >= 1; got {m.latent_dim}")
     _require(all(h >= 1 for h in m.hidden + m.conv_channels), "layer widths must be >= 1")
     _require(m.posterior != "categorical" or m.num_categories >= 2,

@@ -48,7 +48,11 @@ class Trainer:
         self.steps_per_epoch = num_train // config.batch_size
         abstract = nnx.eval_shape(lambda: VAE(self.image_shape, config.model, rngs=nnx.Rngs(0)))
         self.graphdef = nnx.split(abstract)[0]
-        self.tx = optax.adam(config.learning_rate)
+        learning_rate = config.learning_rate
+        if config.lr_schedule == "cosine":  # decays to 0 over the run's epochs
+            learning_rate = optax.cosine_decay_schedule(
+                config.learning_rate, config.epochs * self.steps_per_epoch)
+        self.tx = optax.adam(learning_rate)
         self.mesh = None
         if config.devices > 1:
             self.mesh = jax.sharding.Mesh(np.array(jax.devices()[:config.devices]), ("data",))
