@@ -1,0 +1,183 @@
+"""Throughput of the importance-sampled test log-likelihood, log p(x) with K draws from q(z|x).
+
+The estimator is vaejax.evaluation.importance_log_likelihood, as `vaejax
+evaluate` calls it: the test images go 100 at a time through one compiled
+function that draws the K samples `--chunk-size` at a time on the device. The
+model is the pytorch preset (784-400-20, Bernoulli decoder), untrained unless
+`--train-epochs` asks for some training first; the cost does not depend on the
+weights. The images are the 10,000 static-binarized MNIST test images, or
+synthetic images of the same shape, or their first `--num-images`.
+
+Each call of importance_log_likelihood compiles its function afresh, so the
+end-to-end time of a call, which a user waits for, includes one compilation.
+Timed (medians of `--repeats` calls, after one warm-up call):
+* `seconds`: one call on all the images asked for, K = `--num-samples`;
+* `one_batch_seconds`: one call on a single batch of images.
+From the two, compile time c and per-batch time b (seconds = c + n·b,
+one_batch_seconds = c + b) are estimated, and with them the time for all
+10,000 test images, reported as extrapolated whenever fewer were processed.
+Throughput is importance samples per second = images × K / seconds.
+"""
+
+import argparse
+import math
+import sys
+
+import jax
+import numpy as np
+
+import common
+from vaejax.config import PRESETS, TrainConfig, validate
+from vaejax.evaluation import importance_log_likelihood
+from vaejax.trainer import Trainer
+
+FULL_TEST_SET = common.MNIST_TEST
+HIDDEN, LATENT, PIXELS = 400, 20, 784
+TRAIN_BATCH = 128
+
+
+def make_trainer(num_train: int) -> Trainer:
+    config = validate(TrainConfig(dataset="mnist", model=PRESETS["pytorch"], binarization="static",
+                                  batch_size=TRAIN_BATCH, learning_rate=1e-3))
+    return Trainer(config, common.IMAGE_SHAPE, num_train)
+
+
+def trained_state(trainer: Trainer, train: np.ndarray, epochs: int):
+    state, data = trainer.init(), trainer.place(train)
+    for epoch in range(epochs):
+        state, _ = trainer.train_epoch(state, data, epoch)
+    return jax.block_until_ready(state)
+
+
+def analytic_flops(num_images: int, num_samples: int) -> float:
+    """Matmul FLOPs: the encoder once per image, the decoder once per draw."""
+    encoder = 2.0 * (PIXELS * HIDDEN + HIDDEN * 2 * LATENT)
+    decoder = 2.0 * (LATENT * HIDDEN + HIDDEN * PIXELS)
+    return num_images * (encoder + num_samples * decoder)
+
+
+def parse_args(argv):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    common.add_common_flags(parser)
+    parser.add_argument("--num-samples", "-k", type=int, default=None,
+                        help="K (default 5000; --tiny 100)")
+    parser.add_argument("--chunk-size", type=int, default=None,
+                        help="draws per chunk (default 500; --tiny 50)")
+    parser.add_argument("--num-images", type=int, default=None,
+                        help=f"test images to process (default {FULL_TEST_SET}; --tiny 200)")
+    parser.add_argument("--batch-size", type=int, default=100, help="images per compiled call")
+    parser.add_argument("--train-epochs", type=int, default=0, help="training epochs before evaluating")
+    args = parser.parse_args(argv)
+    args.num_samples = args.num_samples or (100 if args.tiny else 5000)
+    args.chunk_size = args.chunk_size or (50 if args.tiny else 500)
+    args.num_images = args.num_images or (200 if args.tiny else FULL_TEST_SET)
+    args.repeats = args.repeats or (2 if args.tiny else 3)
+    args.data = args.data or ("synthetic" if args.tiny else "auto")
+    return args
+
+
+def main(argv=None) -> dict:
+    args = parse_args(argv)
+    machine = common.machine_info()
+    num_train = (512 if args.tiny else common.MNIST_TRAIN) if args.train_epochs else TRAIN_BATCH
+    train, test, data_info = common.mnist_shaped(args.data, num_train, args.num_images)
+    trainer = make_trainer(num_train)
+    state = trained_state(trainer, train, args.train_epochs)
+
+    def evaluate(images):
+        return importance_log_likelihood(trainer, state, images, num_samples=args.num_samples,
+                                         chunk_size=args.chunk_size, batch_size=args.batch_size,
+                                         progress=False)
+
+    last = {}
+
+    def evaluate_all():
+        last["estimates"] = evaluate(test)
+        return last["estimates"]
+
+    # The one-batch warm-up call pays the process's one-off costs; every call still compiles.
+    one_batch_seconds, one_batch_all = common.median_seconds(lambda: evaluate(test[:args.batch_size]),
+                                                             args.repeats)
+    seconds, all_seconds = common.median_seconds(evaluate_all, args.repeats, warmup=0)
+    result = summarize(args, machine, data_info, seconds, all_seconds, one_batch_seconds, one_batch_all,
+                       last["estimates"])
+    report(result)
+    return result
+
+
+def split_compile(seconds: float, one_batch_seconds: float, batches: int):
+    """(compile, per-batch) seconds from seconds = c + n·b and one_batch_seconds = c + b."""
+    if batches < 2:
+        return None, None
+    per_batch = max(seconds - one_batch_seconds, 0.0) / (batches - 1)
+    return max(one_batch_seconds - per_batch, 0.0), per_batch
+
+
+def full_test_set_seconds(seconds, compile_seconds, per_batch, batches, batch_size, num_images):
+    """Seconds for all 10,000 test images, and how they were obtained."""
+    full_batches = math.ceil(FULL_TEST_SET / batch_size)
+    if num_images >= FULL_TEST_SET:
+        return seconds, "measured"
+    if per_batch is not None:
+        return compile_seconds + full_batches * per_batch, "extrapolated: compile + per-batch time × batches"
+    return seconds * full_batches / batches, "extrapolated: proportional to batches (compile included)"
+
+
+def summarize(args, machine, data_info, seconds, all_seconds, one_batch_seconds, one_batch_all,
+              estimates) -> dict:
+    n, k = args.num_images, args.num_samples
+    batches = math.ceil(n / args.batch_size)
+    compile_seconds, per_batch = split_compile(seconds, one_batch_seconds, batches)
+    full, how = full_test_set_seconds(seconds, compile_seconds, per_batch, batches, args.batch_size, n)
+    steady = None
+    if compile_seconds is not None and seconds > compile_seconds:
+        steady = n * k / (seconds - compile_seconds)
+    return {
+        "benchmark": "is_nll", "tiny": args.tiny, "machine": machine, **data_info,
+        "num_images": n, "num_samples": k, "chunk_size": args.chunk_size, "batch_size": args.batch_size,
+        "train_epochs": args.train_epochs, "repeats": args.repeats,
+        "seconds": seconds, "all_seconds": all_seconds,
+        "one_batch_seconds": one_batch_seconds, "one_batch_all_seconds": one_batch_all,
+        "compile_seconds_estimate": compile_seconds, "per_batch_seconds_estimate": per_batch,
+        "importance_samples_per_second": n * k / seconds,
+        "importance_samples_per_second_excluding_compile": steady,
+        "achieved_flops_per_second": analytic_flops(n, k) / seconds,
+        "full_test_set_seconds": full, "full_test_set_is": how, "full_test_set_images": FULL_TEST_SET,
+        "mean_log_likelihood": float(np.mean(estimates)),
+        "estimates_finite": bool(np.all(np.isfinite(estimates))),
+        "peak_rss_mb": common.peak_rss_mb(),
+        "targets": [common.target("gpu_k5000_full_test_set_seconds", full, "<=", 60.0,
+                                  machine["platform"] == "gpu" and k == 5000)],
+    }
+
+
+def report(result: dict) -> None:
+    m = result["machine"]
+    print(f"{m['cpu_model']} × {m['cpu_count']} CPUs, {m['platform']} ({m['device_kind']}), "
+          f"jax {m['jax_version']}; data: {result['data']}; K={result['num_samples']}, chunk "
+          f"{result['chunk_size']}, {result['batch_size']} images per call, median of {result['repeats']}")
+    one_batch = min(result["num_images"], result["batch_size"])
+    rows = [
+        [f"{result['num_images']} images (measured)", result["seconds"],
+         result["importance_samples_per_second"]],
+        [f"{one_batch} images, one batch (measured)", result["one_batch_seconds"],
+         one_batch * result["num_samples"] / result["one_batch_seconds"]],
+        [f"{result['full_test_set_images']} images, K={result['num_samples']} ({result['full_test_set_is']})",
+         result["full_test_set_seconds"], None],
+    ]
+    common.print_table("Importance-sampled log p(x)", ["images", "seconds", "importance samples/s"], rows)
+    print(f"\ncompile ≈ {_fmt(result['compile_seconds_estimate'])} s per call, "
+          f"≈ {_fmt(result['per_batch_seconds_estimate'])} s per batch; "
+          f"{result['achieved_flops_per_second'] / 1e9:.1f} GFLOP/s in matmuls; "
+          f"mean log p(x) {result['mean_log_likelihood']:.2f} nats")
+    for t in result["targets"]:
+        print(f"target {t['name']} {t['requirement']}: {t['value']:.1f} s, "
+              f"{('met' if t['met'] else 'not met') if t['evaluated'] else 'not evaluated on this platform'}")
+
+
+def _fmt(value) -> str:
+    return "?" if value is None else f"{value:.3g}"
+
+
+if __name__ == "__main__":
+    common.emit(main(sys.argv[1:]))

@@ -1,0 +1,361 @@
+"""Training throughput of the PyTorch-examples VAE: vaejax vs a Flax loop vs PyTorch.
+
+The model is 784-400-20-400-784 with ReLU, a Bernoulli decoder (summed binary
+cross-entropy over the pixels), an analytic KL, one posterior sample and Adam
+with learning rate 1e-3, trained on MNIST-shaped 28×28×1 binary images (static
+binarization, done once beforehand, so every implementation sees the same data
+and does no per-batch preprocessing). Three implementations:
+
+* vaejax: `Trainer.train_epoch`, the whole epoch as one compiled program
+  (lax.scan over batches of the data set held on the device);
+* flax_loop: the structure of the official Flax VAE example, written with
+  flax.nnx and optax: a Python for-loop over host numpy batches, each copied to
+  the device and passed to a jax.jit-compiled train step;
+* pytorch: the PyTorch-examples VAE with torch.optim.Adam, batches indexed from
+  an in-memory tensor (skipped when torch cannot be imported).
+
+Each implementation runs one untimed warm-up epoch (compilation), then
+`--repeats` timed epochs; examples/s is steps × batch / median epoch time, with
+every epoch awaited by block_until_ready. The FLOPs of one step are counted
+three ways: XLA's cost analysis of the compiled step; analytically as
+3 × 2·B·Σ in×out (forward, input and weight gradients of every layer); and the
+matmul work a step really does, which is that less the input gradient of the
+first layer (the data need none; XLA drops it). Achieved FLOP/s uses the last
+count and is compared with the machine's measured matmul rate: a 2048×2048
+float32 product, and exactly the step's matmuls, same shapes, alone in one
+compiled program (the rate the step would reach if it were all matmul). Peak
+memory is the process's ru_maxrss after each implementation (it only grows, so
+later rows include earlier peaks; torch is imported only after the JAX runs).
+"""
+
+import argparse
+import os
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from flax import nnx
+
+import common
+from vaejax.config import PRESETS, TrainConfig, validate
+from vaejax.trainer import Trainer
+
+PIXELS = 784
+HIDDEN = 400
+LATENT = 20
+LEARNING_RATE = 1e-3
+# The dense layers of one step, (in, out): encoder, mean+log-variance head, decoder.
+LAYERS = [(PIXELS, HIDDEN), (HIDDEN, 2 * LATENT), (LATENT, HIDDEN), (HIDDEN, PIXELS)]
+IMPLEMENTATIONS = ("vaejax", "flax_loop", "pytorch")
+
+
+def analytic_step_flops(batch: int) -> float:
+    """3 × 2·B·Σ in×out: forward, input gradient and weight gradient of every layer."""
+    return 3.0 * 2.0 * batch * sum(i * o for i, o in LAYERS)
+
+
+# --- vaejax ---------------------------------------------------------------
+
+def vaejax_config(batch: int) -> TrainConfig:
+    return validate(TrainConfig(dataset="mnist", model=PRESETS["pytorch"], binarization="static",
+                                objective="elbo", num_samples=1, batch_size=batch,
+                                learning_rate=LEARNING_RATE, lr_schedule="constant", seeds=(0,),
+                                betas=(1.0,)))
+
+
+def bench_vaejax(train: np.ndarray, batch: int, repeats: int) -> dict:
+    trainer = Trainer(vaejax_config(batch), train.shape[1:], train.shape[0])
+    data = trainer.place(train)
+    box = {"state": trainer.init(), "epoch": 0}
+
+    def epoch():
+        box["state"], metrics = trainer.train_epoch(box["state"], data, box["epoch"])
+        box["epoch"] += 1
+        return box["state"], metrics
+
+    seconds, times = common.median_seconds(epoch, repeats)
+    step = trainer.train_step.lower(
+        box["state"], jax.ShapeDtypeStruct((1, batch, *train.shape[1:]), jnp.float32),
+        jax.ShapeDtypeStruct((1, 2), jnp.uint32)).compile()
+    return _row(trainer.steps_per_epoch, batch, seconds, times, common.flops_of_compiled(step))
+
+
+# --- Flax loop (the official Flax VAE example's structure, in NNX) ---------
+
+class FlaxVAE(nnx.Module):
+    def __init__(self, rngs: nnx.Rngs):
+        self.fc1 = nnx.Linear(PIXELS, HIDDEN, rngs=rngs)
+        self.fc2_mean = nnx.Linear(HIDDEN, LATENT, rngs=rngs)
+        self.fc2_logvar = nnx.Linear(HIDDEN, LATENT, rngs=rngs)
+        self.fc3 = nnx.Linear(LATENT, HIDDEN, rngs=rngs)
+        self.fc4 = nnx.Linear(HIDDEN, PIXELS, rngs=rngs)
+
+    def __call__(self, x, key):
+        h = nnx.relu(self.fc1(x))
+        mean, logvar = self.fc2_mean(h), self.fc2_logvar(h)
+        z = mean + jnp.exp(0.5 * logvar) * jax.random.normal(key, logvar.shape)
+        return self.fc4(nnx.relu(self.fc3(z))), mean, logvar
+
+
+def flax_train_step(graphdef, tx):
+    @jax.jit
+    def train_step(params, opt_state, batch, key):
+        def loss_fn(params):
+            logits, mean, logvar = nnx.merge(graphdef, params)(batch, key)
+            bce = jnp.sum(optax.sigmoid_binary_cross_entropy(logits, batch), axis=-1)
+            kl = -0.5 * jnp.sum(1 + logvar - jnp.square(mean) - jnp.exp(logvar), axis=-1)
+            return jnp.mean(bce + kl)
+
+        loss, grads = jax.value_and_grad(loss_fn)(params)
+        updates, opt_state = tx.update(grads, opt_state, params)
+        return optax.apply_updates(params, updates), opt_state, loss
+
+    return train_step
+
+
+def bench_flax_loop(train: np.ndarray, batch: int, repeats: int) -> dict:
+    images = train.reshape(train.shape[0], -1)
+    steps = images.shape[0] // batch
+    graphdef, params = nnx.split(FlaxVAE(nnx.Rngs(0)))
+    tx = optax.adam(LEARNING_RATE)
+    train_step = flax_train_step(graphdef, tx)
+    box = {"params": params, "opt_state": tx.init(params), "rng": jax.random.PRNGKey(0),
+           "order": np.random.default_rng(0)}
+
+    def epoch():
+        perm = box["order"].permutation(images.shape[0])
+        params, opt_state, rng = box["params"], box["opt_state"], box["rng"]
+        for i in range(steps):
+            rng, key = jax.random.split(rng)
+            x = images[perm[i * batch:(i + 1) * batch]]
+            params, opt_state, _ = train_step(params, opt_state, x, key)
+        box.update(params=params, opt_state=opt_state, rng=rng)
+        return params, opt_state
+
+    seconds, times = common.median_seconds(epoch, repeats)
+    step = train_step.lower(params, box["opt_state"], jax.ShapeDtypeStruct((batch, PIXELS), jnp.float32),
+                            jax.ShapeDtypeStruct((2,), jnp.uint32)).compile()
+    return _row(steps, batch, seconds, times, common.flops_of_compiled(step))
+
+
+# --- PyTorch (the PyTorch-examples VAE) -----------------------------------
+
+def torch_or_reason():
+    try:
+        import torch
+    except Exception as err:  # ImportError, or a broken install
+        return None, f"torch unavailable: {type(err).__name__}: {err}"
+    return torch, None
+
+
+def bench_pytorch(torch, train: np.ndarray, batch: int, repeats: int) -> dict:
+    import torch.nn.functional as F
+    from torch import nn
+
+    torch.set_num_threads(os.cpu_count())
+    torch.manual_seed(0)
+
+    class TorchVAE(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc1 = nn.Linear(PIXELS, HIDDEN)
+            self.fc21 = nn.Linear(HIDDEN, LATENT)
+            self.fc22 = nn.Linear(HIDDEN, LATENT)
+            self.fc3 = nn.Linear(LATENT, HIDDEN)
+            self.fc4 = nn.Linear(HIDDEN, PIXELS)
+
+        def forward(self, x):
+            h = F.relu(self.fc1(x))
+            mu, logvar = self.fc21(h), self.fc22(h)
+            z = mu + torch.randn_like(mu) * torch.exp(0.5 * logvar)
+            return self.fc4(F.relu(self.fc3(z))), mu, logvar
+
+    model = TorchVAE()
+    optimizer = torch.optim.Adam(model.parameters(), lr=LEARNING_RATE)
+    images = torch.from_numpy(train.reshape(train.shape[0], -1))
+    steps = images.shape[0] // batch
+
+    def epoch():
+        perm = torch.randperm(images.shape[0])
+        for i in range(steps):
+            x = images[perm[i * batch:(i + 1) * batch]]
+            optimizer.zero_grad()
+            logits, mu, logvar = model(x)
+            bce = F.binary_cross_entropy_with_logits(logits, x, reduction="sum")
+            kld = -0.5 * torch.sum(1 + logvar - mu.pow(2) - logvar.exp())
+            (bce + kld).backward()
+            optimizer.step()
+        return None
+
+    seconds, times = common.median_seconds(epoch, repeats)
+    return _row(steps, batch, seconds, times, None)
+
+
+# --- report ----------------------------------------------------------------
+
+def _row(steps: int, batch: int, seconds: float, times: list[float], xla_step_flops) -> dict:
+    examples_per_second = steps * batch / seconds
+    achieved = common.step_matmul_flops(batch, LAYERS) * steps / seconds
+    return {
+        "status": "ok", "steps_per_epoch": steps, "epoch_seconds": seconds, "epoch_seconds_all": times,
+        "examples_per_second": examples_per_second, "achieved_flops_per_second": achieved,
+        "step_flops_xla": xla_step_flops,
+        "achieved_flops_per_second_xla": xla_step_flops * steps / seconds if xla_step_flops else None,
+        "peak_rss_mb": common.peak_rss_mb(),
+    }
+
+
+def _skipped(reason: str) -> dict:
+    return {"status": "skipped", "reason": reason}
+
+
+def _ratio(a: dict, b: dict):
+    if a.get("status") != "ok" or b.get("status") != "ok":
+        return None
+    return a["examples_per_second"] / b["examples_per_second"]
+
+
+def add_hardware_fractions(row: dict, square: dict, model_rate: dict) -> None:
+    if row.get("status") == "ok":
+        achieved = row["achieved_flops_per_second"]
+        row["fraction_of_square_matmul_rate"] = achieved / square["flops_per_second"]
+        row["fraction_of_model_matmul_rate"] = achieved / model_rate["flops_per_second"]
+
+
+def targets(results: dict, ratios: dict, platform: str) -> list[dict]:
+    """The spec's throughput targets. The matmul-rate ones are judged against the rate
+    of the step's own matmul shapes, the attainable one; the n×n fractions are reported too."""
+    cpu, gpu = platform == "cpu", platform == "gpu"
+    over_flax = ratios.get("128", {}).get("vaejax_over_flax_loop")
+    over_torch = ratios.get("128", {}).get("vaejax_over_pytorch")
+
+    def fraction(batch: str):
+        return results.get(batch, {}).get("vaejax", {}).get("fraction_of_model_matmul_rate")
+
+    return [
+        common.target("cpu_batch128_vaejax_over_flax_loop", over_flax, ">=", 1.3, cpu),
+        common.target("cpu_batch128_vaejax_over_pytorch", over_torch, ">=", 1.8, cpu),
+        common.target("cpu_batch128_fraction_of_matmul_rate", fraction("128"), ">=", 0.70, cpu),
+        common.target("cpu_batch1024_fraction_of_matmul_rate", fraction("1024"), ">=", 0.85, cpu),
+        common.target("gpu_batch128_vaejax_over_flax_loop", over_flax, ">=", 10.0, gpu),
+    ]
+
+
+def parse_args(argv):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    common.add_common_flags(parser)
+    parser.add_argument("--batch-sizes", type=int, nargs="+", default=[128, 1024])
+    parser.add_argument("--num-train", type=int, default=None,
+                        help=f"training examples (default {common.MNIST_TRAIN}; --tiny 2048)")
+    parser.add_argument("--matmul-size", type=int, default=None,
+                        help="n of the n×n matmul (default 2048; --tiny 512)")
+    parser.add_argument("--implementations", nargs="+", choices=IMPLEMENTATIONS,
+                        default=list(IMPLEMENTATIONS))
+    args = parser.parse_args(argv)
+    args.num_train = args.num_train or (2048 if args.tiny else common.MNIST_TRAIN)
+    args.repeats = args.repeats or (2 if args.tiny else 5)
+    args.data = args.data or ("synthetic" if args.tiny else "auto")
+    args.matmul_size = args.matmul_size or (512 if args.tiny else 2048)
+    return args
+
+
+def run_jax_implementations(args, train: np.ndarray, batch: int) -> dict:
+    benches = {"vaejax": bench_vaejax, "flax_loop": bench_flax_loop}
+    return {name: bench(train, batch, args.repeats) if name in args.implementations
+            else _skipped("not requested") for name, bench in benches.items()}
+
+
+def run_pytorch(args, train: np.ndarray) -> tuple[dict, str | None]:
+    """PyTorch rows per batch size, and torch's version (None when it cannot run)."""
+    if "pytorch" not in args.implementations:
+        return {batch: _skipped("not requested") for batch in args.batch_sizes}, None
+    torch, reason = torch_or_reason()
+    if torch is None:
+        return {batch: _skipped(reason) for batch in args.batch_sizes}, None
+    return {batch: bench_pytorch(torch, train, batch, args.repeats) for batch in args.batch_sizes}, \
+        torch.__version__
+
+
+def main(argv=None) -> dict:
+    args = parse_args(argv)
+    machine = common.machine_info()
+    train, _, data_info = common.mnist_shaped(args.data, args.num_train, 1)
+    # Matmuls take milliseconds, so they get more repeats than the epochs do.
+    matmul_repeats = 5 * args.repeats
+    square = common.square_matmul_rate(args.matmul_size, matmul_repeats)
+    model_rates = {str(b): common.layer_matmul_rate(b, LAYERS, matmul_repeats) for b in args.batch_sizes}
+    # JAX first, torch imported after: its idle OpenMP workers must not compete with XLA's threads.
+    results = {str(b): run_jax_implementations(args, train, b) for b in args.batch_sizes}
+    torch_rows, torch_version = run_pytorch(args, train)
+    flops, ratios = {}, {}
+    for batch in args.batch_sizes:
+        key = str(batch)
+        rows = results[key]
+        rows["pytorch"] = torch_rows[batch]
+        for row in rows.values():
+            add_hardware_fractions(row, square, model_rates[key])
+        flops[key] = {"analytic": analytic_step_flops(batch),
+                      "matmul_work": common.step_matmul_flops(batch, LAYERS),
+                      "xla_vaejax": rows["vaejax"].get("step_flops_xla"),
+                      "xla_flax_loop": rows["flax_loop"].get("step_flops_xla")}
+        ratios[key] = {"vaejax_over_flax_loop": _ratio(rows["vaejax"], rows["flax_loop"]),
+                       "vaejax_over_pytorch": _ratio(rows["vaejax"], rows["pytorch"])}
+    result = {
+        "benchmark": "throughput", "tiny": args.tiny, "machine": machine, "torch_version": torch_version,
+        **data_info, "num_train": args.num_train, "repeats": args.repeats,
+        "model": "784-400-20-400-784 ReLU, Bernoulli decoder, analytic KL, 1 sample, Adam 1e-3",
+        "batch_sizes": args.batch_sizes, "matmul_repeats": matmul_repeats,
+        "matmul": {"square": square, "model_shapes": model_rates},
+        "step_flops": flops, "results": results, "ratios": ratios,
+        "targets": targets(results, ratios, machine["platform"]),
+        "peak_rss_mb": common.peak_rss_mb(),
+    }
+    report(result)
+    return result
+
+
+def _millions(value):
+    return None if value is None else value / 1e6
+
+
+def report(result: dict) -> None:
+    m = result["machine"]
+    print(f"{m['cpu_model']} × {m['cpu_count']} CPUs, {m['platform']} ({m['device_kind']}), "
+          f"jax {m['jax_version']}; data: {result['data']}, {result['num_train']} examples, "
+          f"median of {result['repeats']} epochs")
+    sq = result["matmul"]["square"]
+    rows = [[f"{sq['n']}×{sq['n']} · {sq['n']}×{sq['n']}", sq["seconds"], sq["flops_per_second"] / 1e9]]
+    for key, rate in result["matmul"]["model_shapes"].items():
+        rows.append([f"step matmuls, B={key}", rate["seconds"], rate["flops_per_second"] / 1e9])
+    common.print_table("Matmul rate", ["product", "seconds", "GFLOP/s"], rows)
+    rows = []
+    for key, impls in result["results"].items():
+        for name, row in impls.items():
+            if row["status"] != "ok":
+                rows.append([key, name, row["status"], None, None, None, None, None])
+                continue
+            rows.append([key, name, row["examples_per_second"], row["epoch_seconds"],
+                         row["achieved_flops_per_second"] / 1e9, row["fraction_of_model_matmul_rate"],
+                         row["fraction_of_square_matmul_rate"], row["peak_rss_mb"]])
+    common.print_table("Training throughput", ["batch", "implementation", "examples/s", "epoch s",
+                                               "GFLOP/s", "of step-matmul rate", "of n×n rate",
+                                               "peak RSS MB"], rows)
+    reasons = {f"{name}: {row['reason']}" for impls in result["results"].values()
+               for name, row in impls.items() if row["status"] != "ok"}
+    for reason in sorted(reasons):
+        print(f"skipped {reason}")
+    names = ("analytic", "matmul_work", "xla_vaejax", "xla_flax_loop")
+    rows = [[k, *(_millions(v[name]) for name in names)] for k, v in result["step_flops"].items()]
+    common.print_table("FLOPs of one step (millions)",
+                       ["batch", "3·2·B·Σ in·out", "matmul work", "XLA vaejax", "XLA flax loop"], rows)
+    rows = [[k, v["vaejax_over_flax_loop"], v["vaejax_over_pytorch"]] for k, v in result["ratios"].items()]
+    common.print_table("Speed ratios", ["batch", "vaejax / flax loop", "vaejax / pytorch"], rows)
+    rows = [[t["name"], t["requirement"], t["value"], t["met"] if t["evaluated"] else "n/a"]
+            for t in result["targets"]]
+    common.print_table("Targets", ["target", "requirement", "value", "met"], rows)
+
+
+if __name__ == "__main__":
+    common.emit(main(sys.argv[1:]))

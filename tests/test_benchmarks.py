@@ -1,0 +1,115 @@
+"""The benchmark scripts run end to end with --tiny and print a well-formed JSON result.
+
+Each script runs in a subprocess, as `python benchmarks/NAME.py --tiny`; its last
+stdout line must be one JSON object with the expected keys, positive finite
+timings and rates, and the machine description. Without torch the PyTorch
+baseline must say "skipped" rather than fail.
+"""
+
+import importlib.util
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+HAS_TORCH = importlib.util.find_spec("torch") is not None
+MACHINE_KEYS = {"processor", "uname", "cpu_count", "jax_version", "platform", "device_kind"}
+
+pytestmark = pytest.mark.slow
+
+
+def run_tiny(name: str) -> tuple[dict, str]:
+    done = subprocess.run([sys.executable, str(BENCHMARKS / f"{name}.py"), "--tiny"],
+                          capture_output=True, text=True, timeout=300, cwd=BENCHMARKS.parent)
+    assert done.returncode == 0, done.stderr[-3000:]
+    lines = done.stdout.strip().splitlines()
+    return json.loads(lines[-1]), "\n".join(lines[:-1])
+
+
+def positive(value) -> bool:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return False
+    return math.isfinite(value) and value > 0
+
+
+def numbers(tree):
+    if isinstance(tree, dict):
+        for value in tree.values():
+            yield from numbers(value)
+    elif isinstance(tree, list):
+        for value in tree:
+            yield from numbers(value)
+    elif isinstance(tree, (int, float)) and not isinstance(tree, bool):
+        yield tree
+
+
+def check_common(result: dict, name: str) -> None:
+    assert result["benchmark"] == name and result["tiny"] is True
+    assert MACHINE_KEYS <= set(result["machine"]) and result["machine"]["cpu_count"] >= 1
+    assert result["data"] in ("mnist", "synthetic")
+    assert positive(result["peak_rss_mb"])
+    assert all(math.isfinite(x) for x in numbers(result))
+    for target in result["targets"]:
+        assert {"name", "value", "requirement", "evaluated", "met"} <= set(target)
+        assert target["met"] is None or isinstance(target["met"], bool)
+
+
+def test_throughput():
+    result, table = run_tiny("throughput")
+    check_common(result, "throughput")
+    assert "Training throughput" in table
+    assert positive(result["matmul"]["square"]["flops_per_second"])
+    assert set(result["results"]) == {"128", "1024"}
+    for batch, rows in result["results"].items():
+        assert positive(result["matmul"]["model_shapes"][batch]["flops_per_second"])
+        flops = result["step_flops"][batch]
+        assert all(positive(flops[k]) for k in ("analytic", "matmul_work", "xla_vaejax", "xla_flax_loop"))
+        layers = 784 * 400 + 400 * 40 + 20 * 400 + 400 * 784
+        assert flops["analytic"] == 3 * 2 * int(batch) * layers
+        assert flops["matmul_work"] == flops["analytic"] - 2 * int(batch) * 784 * 400
+        names = ["vaejax", "flax_loop"] + (["pytorch"] if HAS_TORCH else [])
+        for name in names:
+            row = rows[name]
+            assert row["status"] == "ok", row
+            for key in ("examples_per_second", "epoch_seconds", "achieved_flops_per_second", "peak_rss_mb",
+                        "fraction_of_square_matmul_rate", "fraction_of_model_matmul_rate"):
+                assert positive(row[key]), (name, key, row[key])
+        if not HAS_TORCH:
+            assert rows["pytorch"]["status"] == "skipped" and rows["pytorch"]["reason"]
+        ratios = result["ratios"][batch]
+        assert positive(ratios["vaejax_over_flax_loop"])
+        if HAS_TORCH:
+            assert positive(ratios["vaejax_over_pytorch"])
+        else:
+            assert ratios["vaejax_over_pytorch"] is None
+    assert len(result["targets"]) == 5
+
+
+def test_sweep():
+    result, table = run_tiny("sweep")
+    check_common(result, "sweep")
+    assert "Sweep wall times" in table
+    for key in ("vmapped_seconds", "sequential_seconds", "single_run_seconds", "betas_seconds",
+                "speedup", "betas_over_single_run"):
+        assert positive(result[key]), key
+    assert all(positive(v) for v in result["first_epoch_seconds"].values())
+    assert all(positive(v) for v in result["examples_per_second"].values())
+    assert len(result["all_seconds"]["single_run"]) == result["num_models"] * result["repeats"]
+    assert result["losses_finite"] is True
+
+
+def test_is_nll():
+    result, table = run_tiny("is_nll")
+    check_common(result, "is_nll")
+    assert "Importance-sampled log p(x)" in table
+    for key in ("seconds", "one_batch_seconds", "importance_samples_per_second",
+                "achieved_flops_per_second", "full_test_set_seconds"):
+        assert positive(result[key]), key
+    assert result["importance_samples_per_second"] == pytest.approx(
+        result["num_images"] * result["num_samples"] / result["seconds"])
+    assert result["full_test_set_is"].startswith("extrapolated")
+    assert result["estimates_finite"] is True and result["mean_log_likelihood"] < 0
