@@ -1,6 +1,8 @@
 """Test-set evaluation of trained models: importance-sampled log p(x), active units,
 and a linear probe on the latent means."""
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -15,6 +17,18 @@ def _log_prior_fn(model):
     return vaejax.standard_normal_log_prob
 
 
+@functools.lru_cache(maxsize=8)
+def _compiled_estimator(trainer, num_samples: int, chunk_size: int):
+    """One jitted estimator per (trainer, K, chunk), so repeated evaluations compile once."""
+    def estimate(params, x, key):
+        model = trainer.model(params)
+        return vaejax.importance_log_likelihood(
+            key, x, model.encode(x), model.log_likelihood, num_samples,
+            chunk_size, _log_prior_fn(model))
+
+    return jax.jit(jax.vmap(estimate, in_axes=(0, None, None)))
+
+
 def importance_log_likelihood(trainer, state, images: np.ndarray, *, num_samples: int = 5000,
                               chunk_size: int = 500, batch_size: int = 100, seed: int = 0,
                               progress: bool = True) -> np.ndarray:
@@ -26,13 +40,7 @@ def importance_log_likelihood(trainer, state, images: np.ndarray, *, num_samples
     Returns:
       estimates, shape (models, N).
     """
-    def estimate(params, x, key):
-        model = trainer.model(params)
-        return vaejax.importance_log_likelihood(
-            key, x, model.encode(x), model.log_likelihood, num_samples,
-            chunk_size, _log_prior_fn(model))
-
-    estimate = jax.jit(jax.vmap(estimate, in_axes=(0, None, None)))
+    estimate = _compiled_estimator(trainer, num_samples, chunk_size)
     starts = range(0, images.shape[0], batch_size)
     if progress:
         from tqdm.auto import tqdm
@@ -48,13 +56,18 @@ def importance_log_likelihood(trainer, state, images: np.ndarray, *, num_samples
     return np.concatenate(out, axis=1)
 
 
-def latent_codes(trainer, state, images: np.ndarray, batch_size: int = 1000) -> np.ndarray:
-    """Posterior means (or argmax one-hots, flattened) of each image, shape (models, N, code)."""
+@functools.lru_cache(maxsize=8)
+def _compiled_codes(trainer):
     def codes(params, x):
         code = posterior_code(trainer.model(params), x)
         return code.reshape(*code.shape[:1], -1)
 
-    codes = jax.jit(jax.vmap(codes, in_axes=(0, None)))
+    return jax.jit(jax.vmap(codes, in_axes=(0, None)))
+
+
+def latent_codes(trainer, state, images: np.ndarray, batch_size: int = 1000) -> np.ndarray:
+    """Posterior means (or argmax one-hots, flattened) of each image, shape (models, N, code)."""
+    codes = _compiled_codes(trainer)
     return np.concatenate([np.asarray(codes(state.params, jnp.asarray(images[i:i + batch_size])))
                            for i in range(0, images.shape[0], batch_size)], axis=1)
 
