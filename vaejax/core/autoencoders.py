@@ -7,6 +7,8 @@ import jax
 import jax.numpy as jnp
 from jax.typing import ArrayLike
 
+from vaejax.core import _checks
+
 
 def sparse_penalty(code: ArrayLike) -> jax.Array:
     """Σ|h|, the L1 norm of the code, summed over the last axis.
@@ -72,6 +74,7 @@ def contractive_penalty(encode_fn: Callable[[jax.Array], jax.Array], x: ArrayLik
     References:
       Rifai et al., Contractive auto-encoders, ICML 2011.
     """
+    _checks.event_ndims(x, event_ndims)
     x = jnp.asarray(x)
     event_shape = x.shape[x.ndim - event_ndims:]
     flat = x.reshape(-1, *event_shape)

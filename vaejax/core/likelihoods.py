@@ -58,16 +58,17 @@ def gaussian_log_likelihood(mean: ArrayLike, x: ArrayLike, log_scale: ArrayLike 
 def _continuous_bernoulli_log_norm(logits):
     """log C(λ) for λ = sigmoid(η): C = η / tanh(η/2), an even function with C(0) = 2.
 
-    Near η = 0 the quotient loses precision, so a Taylor series takes over;
-    the inner `where` keeps the unused branch's gradient finite.
+    Near η = 0 the quotient loses precision, so the series of u·coth u (u = |η|/2)
+    takes over; the inner `where` keeps the unused branch's gradient finite.
     """
     u = 0.5 * jnp.abs(logits)
-    small = u < 1e-2
+    small = u < 0.25
     u_safe = jnp.where(small, 1.0, u)
     exact = (jnp.log(2.0 * u_safe) - jnp.log1p(-jnp.exp(-2.0 * u_safe))
              + jnp.log1p(jnp.exp(-2.0 * u_safe)))
-    taylor = math.log(2.0) + u**2 / 3.0 - 7.0 * u**4 / 90.0
-    return jnp.where(small, taylor, exact)
+    u2 = u**2
+    series = math.log(2.0) + jnp.log1p(u2 * (1.0 / 3.0 - u2 * (1.0 / 45.0 - u2 * 2.0 / 945.0)))
+    return jnp.where(small, series, exact)
 
 
 def continuous_bernoulli_log_likelihood(logits: ArrayLike, x: ArrayLike,
@@ -98,7 +99,7 @@ def continuous_bernoulli_log_likelihood(logits: ArrayLike, x: ArrayLike,
 def continuous_bernoulli_mean(logits: ArrayLike) -> jax.Array:
     """E[x] of the continuous Bernoulli: λ/(2λ−1) + 1/(2 atanh(1−2λ)), ½ at λ = ½.
 
-    With η = logits this is 1/(1 − e^(−η)) − 1/η; a series takes over near 0.
+    With η = logits this is 1/(1 − e^(−η)) − 1/η; its series takes over near 0.
 
     Args:
       logits: η, any shape.
@@ -107,7 +108,9 @@ def continuous_bernoulli_mean(logits: ArrayLike) -> jax.Array:
       means in [0, 1], same shape as logits.
     """
     logits = jnp.asarray(logits)
-    small = jnp.abs(logits) < 1e-2
+    small = jnp.abs(logits) < 0.5
     safe = jnp.where(small, 1.0, logits)
     exact = -1.0 / jnp.expm1(-safe) - 1.0 / safe
-    return jnp.where(small, 0.5 + logits / 12.0, exact)
+    e2 = logits**2
+    series = 0.5 + logits * (1.0 / 12.0 - e2 * (1.0 / 720.0 - e2 / 30240.0))
+    return jnp.where(small, series, exact)

@@ -161,7 +161,7 @@ def importance_log_likelihood(key: jax.Array, x: ArrayLike, posterior: Posterior
       Burda, Grosse & Salakhutdinov, Importance Weighted Autoencoders, ICLR 2016.
     """
     chunk_size = min(chunk_size, num_samples)
-    if num_samples < 1 or num_samples % chunk_size:
+    if num_samples < 1 or chunk_size < 1 or num_samples % chunk_size:
         raise ValueError(
             f"num_samples={num_samples} must be a positive multiple of chunk_size={chunk_size}")
 
