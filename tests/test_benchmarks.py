@@ -9,6 +9,7 @@ baseline must say "skipped" rather than fail.
 import importlib.util
 import json
 import math
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -113,3 +114,37 @@ def test_is_nll():
         result["num_images"] * result["num_samples"] / result["seconds"])
     assert result["full_test_set_is"].startswith("extrapolated")
     assert result["estimates_finite"] is True and result["mean_log_likelihood"] < 0
+
+
+def run_script(name: str, *args: str, env=None) -> dict:
+    done = subprocess.run([sys.executable, str(BENCHMARKS / f"{name}.py"), *args],
+                          capture_output=True, text=True, timeout=300, cwd=BENCHMARKS.parent,
+                          env=env)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def test_rate_distortion_sweep_runs(tmp_path):
+    """The β sweep writes its figure and one (rate, distortion) point per β."""
+    result = run_script("rate_distortion", "--dataset", "digits", "--preset", "digits",
+                        "--epochs", "2", "--betas", "0.5,2", "--out", str(tmp_path))
+    assert [m["beta"] for m in result["models"]] == [0.5, 2.0]
+    assert all(positive(m["rate"]) and positive(m["distortion"]) for m in result["models"])
+    assert Path(result["figure"]).stat().st_size > 0
+
+
+SHARED_DATA = BENCHMARKS.parent.parent / "shared" / "data"
+
+
+@pytest.mark.skipif(not (SHARED_DATA / "binarized_mnist").is_dir()
+                    or importlib.util.find_spec("tensorflow_datasets") is None,
+                    reason="needs ../shared/data/binarized_mnist and tensorflow_datasets")
+def test_quality_row_runs(tmp_path):
+    """A paper row trains, evaluates with importance sampling and reports its gap to the paper."""
+    env = dict(os.environ, VAEJAX_MANUAL_DIR=str(SHARED_DATA),
+               VAEJAX_DATA_DIR=str(tmp_path / "tfds"))
+    result = run_script("quality", "--row", "pythae-vae", "--epochs", "1", "--num-samples", "4",
+                        "--workdir", str(tmp_path / "run"), env=env)
+    assert result["published"] == 89.78 and result["epochs"] == 1
+    assert positive(result["test_nll"]) and result["num_samples"] == 4
+    assert math.isclose(result["gap_to_published"], result["test_nll"] - 89.78)
