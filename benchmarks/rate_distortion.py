@@ -23,7 +23,8 @@ from vaejax.train import train_and_evaluate
 
 def plot(path: Path, models: list[dict], title: str) -> None:
     from vaejax import plots
-    fig, ax = plots.plt.subplots(figsize=(5.2, 4.2))
+    fig, axes = plots.subplots(figsize=(5.2, 4.2))
+    ax = axes[0, 0]
     rates = np.array([m["rate"] for m in models])
     distortions = np.array([m["distortion"] for m in models])
     ax.plot(rates, distortions, "o-")
@@ -39,7 +40,7 @@ def plot(path: Path, models: list[dict], title: str) -> None:
     ax.set_xlabel("rate  KL(q(z|x) ‖ p(z))  (nats)")
     ax.set_ylabel("distortion  −E log p(x|z)  (nats)")
     ax.set_title(title, fontsize=10)
-    fig.tight_layout()
+    fig.set_layout_engine("tight")
     plots.save(fig, path)
 
 

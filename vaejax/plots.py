@@ -1,6 +1,8 @@
 """Figures of a run: sample grids, reconstructions, training curves, the R–D curve.
 
-matplotlib (Agg) is imported here only, so `import vaejax` stays light.
+matplotlib is imported here only, so `import vaejax` stays light. Figures are
+plain `matplotlib.figure.Figure` objects, never pyplot's: drawing them selects
+no backend and leaves a notebook's inline backend alone.
 """
 
 import os
@@ -8,11 +10,8 @@ from pathlib import Path
 
 import jax
 import jax.numpy as jnp
-import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
+import numpy as np
+from matplotlib.figure import Figure
 
 
 def tile(images: np.ndarray, cols: int) -> np.ndarray:
@@ -33,11 +32,16 @@ def _show(ax, mosaic, title=None):
         ax.set_title(title, fontsize=9)
 
 
+def subplots(rows: int = 1, cols: int = 1, **kwargs):
+    """(figure, axes) like pyplot.subplots, without pyplot's global state."""
+    fig = Figure(**kwargs)
+    return fig, fig.subplots(rows, cols, squeeze=False)
+
+
 def save(fig, path: Path) -> None:
-    """Saves a figure atomically and closes it."""
+    """Saves a figure atomically."""
     tmp = path.with_name(path.stem + ".tmp" + path.suffix)
     fig.savefig(tmp, dpi=120, bbox_inches="tight")
-    plt.close(fig)
     os.replace(tmp, path)
 
 
@@ -67,12 +71,12 @@ def write_run_figures(workdir, trainer, state, test: np.ndarray, records: list[d
     samples, recons = jax.device_get(jax.jit(jax.vmap(pictures))(state.params))
     labels = _model_labels(trainer)
     k = len(labels)
-    fig, axes = plt.subplots(1, k, figsize=(3.2 * k, 3.4), squeeze=False)
+    fig, axes = subplots(1, k, figsize=(3.2 * k, 3.4))
     for ax, images, label in zip(axes[0], samples, labels):
         _show(ax, tile(images, 8), f"samples z ~ p(z), {label}")
     save(fig, workdir / "samples.png")
 
-    fig, axes = plt.subplots(1, k, figsize=(3.2 * k, 3.4), squeeze=False)
+    fig, axes = subplots(1, k, figsize=(3.2 * k, 3.4))
     for ax, images, label in zip(axes[0], recons, labels):
         pairs = np.concatenate([np.asarray(x), images], axis=2)  # data | reconstruction
         _show(ax, tile(pairs, 4), f"data | reconstruction, {label}")
@@ -84,7 +88,8 @@ def write_curves(path: Path, records: list[dict], labels: list[str]) -> None:
     """ELBO, rate and distortion over epochs; the rate–distortion curve for several β."""
     betas = sorted({r["beta"] for r in records})
     panels = 4 if len(betas) > 1 else 3
-    fig, axes = plt.subplots(1, panels, figsize=(4.2 * panels, 3.4))
+    fig, axes = subplots(1, panels, figsize=(4.2 * panels, 3.4))
+    axes = axes[0]
     for i, label in enumerate(labels):
         mine = [r for r in records if r["model"] == i]
         epochs = [r["epoch"] for r in mine]
@@ -105,7 +110,7 @@ def write_curves(path: Path, records: list[dict], labels: list[str]) -> None:
         axes[3].set_xlabel("rate (nats)")
         axes[3].set_ylabel("distortion (nats)")
         axes[3].set_title("rate–distortion (test)", fontsize=10)
-    fig.tight_layout()
+    fig.set_layout_engine("tight")
     save(fig, path)
 
 
@@ -140,8 +145,8 @@ def write_sample_figures(outdir, trainer, state, test: np.ndarray, model_index: 
              "interpolations between posterior codes of test images"),
             ("traversals.png", np.asarray(traversals).reshape(-1, *test.shape[1:]),
              traversals.shape[1], "latent traversals: one latent varied per row")):
-        fig, ax = plt.subplots(figsize=(0.45 * cols + 1, 0.45 * (-(-images.shape[0] // cols)) + 0.6))
-        _show(ax, tile(images, cols), title)
+        fig, ax = subplots(figsize=(0.45 * cols + 1, 0.45 * (-(-images.shape[0] // cols)) + 0.6))
+        _show(ax[0, 0], tile(images, cols), title)
         save(fig, outdir / name)
         paths.append(outdir / name)
     return paths

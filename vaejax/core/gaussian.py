@@ -121,7 +121,12 @@ def mvn_tril_log_prob(z: ArrayLike, mean: ArrayLike, scale_tril: ArrayLike) -> j
     _checks.tril_pair(mean, scale_tril)
     z, mean, scale_tril = map(jnp.asarray, (z, mean, scale_tril))
     scale_tril = jnp.tril(scale_tril)
-    white = _tril_solve(scale_tril, (z - mean)[..., None])[..., 0]
+    diff = z - mean
+    # Leading sample axes become right-hand-side columns: one solve per factor,
+    # no copy of L per sample.
+    extra = diff.ndim - mean.ndim
+    columns = jnp.moveaxis(diff.reshape(-1, *diff.shape[extra:]), 0, -1)
+    white = jnp.moveaxis(_tril_solve(scale_tril, columns), -1, 0).reshape(diff.shape)
     d = mean.shape[-1]
     return -0.5 * jnp.sum(white**2, axis=-1) - _log_det_tril(scale_tril) - 0.5 * d * _LOG_2PI
 
