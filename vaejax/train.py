@@ -108,7 +108,7 @@ def _check_devices(config: TrainConfig) -> None:
                           f"the {config.devices} devices it is sharded over")
 
 
-def _epoch_records(trainer, epoch, train_metrics, test_metrics, examples_per_second):
+def _epoch_records(trainer, epoch, train_metrics, test_metrics, examples_per_second, seconds):
     records = []
     for i, (seed, beta) in enumerate(trainer.replicas()):
         train = {k: float(np.mean(v[i])) for k, v in train_metrics.items()}
@@ -118,13 +118,15 @@ def _epoch_records(trainer, epoch, train_metrics, test_metrics, examples_per_sec
             "train_rate": train["rate"], "train_distortion": train["distortion"],
             "test_elbo": float(test_metrics["elbo"][i]), "rate": float(test_metrics["rate"][i]),
             "distortion": float(test_metrics["distortion"][i]),
-            "examples_per_second": examples_per_second,
+            "examples_per_second": examples_per_second, "epoch_seconds": seconds,
         })
     return records
 
 
-def _summary(config, trainer, records, speeds, wall_seconds, epochs_done):
+def _summary(config, trainer, records, speeds, epochs_done):
     last = records[-trainer.config.num_models:]
+    # Training and test evaluation of every epoch, summed over resumed sessions too.
+    wall_seconds = sum(r["epoch_seconds"] for r in records if r["model"] == 0)
     models = [{k: r[k] for k in ("model", "seed", "beta", "beta_in_use", "test_elbo", "rate",
                                  "distortion", "train_elbo")} for r in last]
     summary = {
@@ -190,13 +192,11 @@ def train_and_evaluate(config: TrainConfig, workdir, *, resume: bool = False, da
     write_json(workdir / "config.json", json.loads(config.to_json()))
     checkpointer = Checkpointer(str(workdir / "checkpoints"))
     state, start = trainer.init(), 0
-    records, speeds, wall_seconds = [], [], 0.0
+    records, speeds = [], []
     if resume and checkpointer.latest_epoch() is not None:
         start = checkpointer.latest_epoch()
         state = trainer.place(checkpointer.restore(start, state))
         records = [r for r in read_metrics(workdir) if r["epoch"] <= start]
-        previous = json.loads((workdir / "summary.json").read_text()) if (workdir / "summary.json").exists() else {}
-        wall_seconds = previous.get("wall_seconds", 0.0)
     (workdir / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
 
     train_device, test_device = trainer.place(train), trainer.place(test)
@@ -216,8 +216,8 @@ def train_and_evaluate(config: TrainConfig, workdir, *, resume: bool = False, da
             state = new_state
             test_metrics = jax.device_get(trainer.evaluate(state, test_device, epoch))
             speeds.append(examples / seconds)
-            wall_seconds += time.perf_counter() - tic
-            epoch_records = _epoch_records(trainer, epoch + 1, metrics, test_metrics, examples / seconds)
+            epoch_records = _epoch_records(trainer, epoch + 1, metrics, test_metrics,
+                                           examples / seconds, time.perf_counter() - tic)
             records += epoch_records
             metrics_file.write("".join(json.dumps(r) + "\n" for r in epoch_records))
             metrics_file.flush()
@@ -227,7 +227,7 @@ def train_and_evaluate(config: TrainConfig, workdir, *, resume: bool = False, da
                 bar.set_postfix(elbo=f"{epoch_records[0]['test_elbo']:.2f}",
                                 ex_per_s=f"{examples / seconds:,.0f}")
     checkpointer.close()
-    summary = _summary(config, trainer, records, speeds, wall_seconds, config.epochs)
+    summary = _summary(config, trainer, records, speeds, config.epochs)
     write_json(workdir / "summary.json", summary)
     from vaejax import plots  # matplotlib only when figures are drawn
     plots.write_run_figures(workdir, trainer, state, test, records)
