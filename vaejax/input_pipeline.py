@@ -343,8 +343,10 @@ def _no_tfds(name: str) -> DataError:
 
 def _import_tfds(name: str):
     """Imports tensorflow_datasets, keeping TensorFlow off the GPU."""
-    # TensorFlow's C++ start-up messages would bury the caller's own output.
+    # TensorFlow's C++ start-up messages would bury the caller's own output; the
+    # oneDNN notice is printed unless its (here irrelevant) kernels are off.
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
     try:
         import tensorflow as tf
         import tensorflow_datasets as tfds
