@@ -25,7 +25,7 @@ def _gaussian_loss(model: VAE, x, key, config: TrainConfig, beta):
     if config.free_bits > 0:
         # Free bits (Kingma et al. 2016): each latent dimension's batch-mean KL
         # below λ costs λ, so the optimiser gains nothing by collapsing it.
-        per_dim = 0.5 * (posterior.mean**2 + jnp.exp(posterior.log_var) - posterior.log_var - 1)
+        per_dim = vaejax.kl_standard_normal(posterior.mean[..., None], posterior.log_var[..., None])
         kl = jnp.sum(jnp.maximum(config.free_bits, jnp.mean(per_dim, axis=0)))
     loss = -jnp.mean(terms.log_likelihood) + beta * jnp.mean(kl)
     return loss, {"elbo": jnp.mean(terms.elbo), "rate": jnp.mean(terms.kl),
