@@ -123,16 +123,18 @@ def _epoch_records(trainer, epoch, train_metrics, test_metrics, examples_per_sec
     return records
 
 
-def _summary(config, trainer, records, speeds, epochs_done):
+def _summary(config, trainer, records, epochs_done):
     last = records[-trainer.config.num_models:]
+    first_model = [r for r in records if r["model"] == 0]
     # Training and test evaluation of every epoch, summed over resumed sessions too.
-    wall_seconds = sum(r["epoch_seconds"] for r in records if r["model"] == 0)
+    wall_seconds = sum(r["epoch_seconds"] for r in first_model)
+    # A median: the epochs that include compilation (the first of each process) barely move it.
+    speeds = [r["examples_per_second"] for r in first_model]
     models = [{k: r[k] for k in ("model", "seed", "beta", "beta_in_use", "test_elbo", "rate",
                                  "distortion", "train_elbo")} for r in last]
     summary = {
         "dataset": config.dataset, "epochs": epochs_done, "num_models": len(models),
         "wall_seconds": wall_seconds, "models": models,
-        # The first epoch of a process includes compilation, so it is left out when others exist.
         "train_examples_per_second": statistics.median(speeds[1:] or speeds) if speeds else None,
     }
     _lift(summary, ("test_elbo", "rate", "distortion"))
@@ -192,7 +194,7 @@ def train_and_evaluate(config: TrainConfig, workdir, *, resume: bool = False, da
     write_json(workdir / "config.json", json.loads(config.to_json()))
     checkpointer = Checkpointer(str(workdir / "checkpoints"))
     state, start = trainer.init(), 0
-    records, speeds = [], []
+    records = []
     if resume and checkpointer.latest_epoch() is not None:
         start = checkpointer.latest_epoch()
         state = trainer.place(checkpointer.restore(start, state))
@@ -215,7 +217,6 @@ def train_and_evaluate(config: TrainConfig, workdir, *, resume: bool = False, da
                 _stop_non_finite(checkpointer, workdir, epoch + 1, metrics["loss"])
             state = new_state
             test_metrics = jax.device_get(trainer.evaluate(state, test_device, epoch))
-            speeds.append(examples / seconds)
             epoch_records = _epoch_records(trainer, epoch + 1, metrics, test_metrics,
                                            examples / seconds, time.perf_counter() - tic)
             records += epoch_records
@@ -227,7 +228,7 @@ def train_and_evaluate(config: TrainConfig, workdir, *, resume: bool = False, da
                 bar.set_postfix(elbo=f"{epoch_records[0]['test_elbo']:.2f}",
                                 ex_per_s=f"{examples / seconds:,.0f}")
     checkpointer.close()
-    summary = _summary(config, trainer, records, speeds, config.epochs)
+    summary = _summary(config, trainer, records, config.epochs)
     write_json(workdir / "summary.json", summary)
     from vaejax import plots  # matplotlib only when figures are drawn
     plots.write_run_figures(workdir, trainer, state, test, records)

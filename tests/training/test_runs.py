@@ -82,7 +82,9 @@ def test_interrupted_and_resumed_run_is_bitwise_equal(tmp_path, small_config, mo
 
 def test_resume_extends_a_finished_run(tmp_path, small_config):
     """Resuming with more epochs continues from the last checkpoint; other changes are refused."""
-    train_and_evaluate(small_config, tmp_path / "run", progress=False)
+    first = train_and_evaluate(small_config, tmp_path / "run", progress=False)
+    again = train_and_evaluate(small_config, tmp_path / "run", resume=True, progress=False)
+    assert again == first  # nothing left to train: the same summary, derived from the records
     longer = dataclasses.replace(small_config, epochs=5)
     summary = train_and_evaluate(longer, tmp_path / "run", resume=True, progress=False)
     assert summary["epochs"] == 5
