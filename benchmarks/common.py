@@ -35,6 +35,12 @@ def add_common_flags(parser) -> None:
                              "(default; --tiny defaults to synthetic)")
 
 
+def apply_common_defaults(args, repeats: int) -> None:
+    """Fills --repeats and --data left unset: fewer repeats and synthetic data with --tiny."""
+    args.repeats = args.repeats or (2 if args.tiny else repeats)
+    args.data = args.data or ("synthetic" if args.tiny else "auto")
+
+
 def machine_info() -> dict:
     device = jax.devices()[0]
     uname = platform.uname()

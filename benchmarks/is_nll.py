@@ -70,8 +70,7 @@ def parse_args(argv):
     args.num_samples = args.num_samples or (100 if args.tiny else 5000)
     args.chunk_size = args.chunk_size or (50 if args.tiny else 500)
     args.num_images = args.num_images or (200 if args.tiny else FULL_TEST_SET)
-    args.repeats = args.repeats or (2 if args.tiny else 3)
-    args.data = args.data or ("synthetic" if args.tiny else "auto")
+    common.apply_common_defaults(args, repeats=3)
     return args
 
 

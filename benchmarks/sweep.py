@@ -81,8 +81,7 @@ def parse_args(argv):
     args.num_models = args.num_models or (3 if args.tiny else 8)
     args.num_betas = args.num_betas or (4 if args.tiny else 16)
     args.num_train = args.num_train or (512 if args.tiny else common.MNIST_TRAIN)
-    args.repeats = args.repeats or (2 if args.tiny else 3)
-    args.data = args.data or ("synthetic" if args.tiny else "auto")
+    common.apply_common_defaults(args, repeats=3)
     return args
 
 

@@ -255,8 +255,7 @@ def parse_args(argv):
                         default=list(IMPLEMENTATIONS))
     args = parser.parse_args(argv)
     args.num_train = args.num_train or (2048 if args.tiny else common.MNIST_TRAIN)
-    args.repeats = args.repeats or (2 if args.tiny else 5)
-    args.data = args.data or ("synthetic" if args.tiny else "auto")
+    common.apply_common_defaults(args, repeats=5)
     args.matmul_size = args.matmul_size or (512 if args.tiny else 2048)
     return args
 

@@ -23,12 +23,18 @@ MACHINE_KEYS = {"processor", "uname", "cpu_count", "jax_version", "platform", "d
 pytestmark = pytest.mark.slow
 
 
-def run_tiny(name: str) -> tuple[dict, str]:
-    done = subprocess.run([sys.executable, str(BENCHMARKS / f"{name}.py"), "--tiny"],
-                          capture_output=True, text=True, timeout=300, cwd=BENCHMARKS.parent)
+def run_script(name: str, *args: str, env=None) -> tuple[dict, str]:
+    """Runs benchmarks/NAME.py; returns its last stdout line as JSON, and the lines before it."""
+    done = subprocess.run([sys.executable, str(BENCHMARKS / f"{name}.py"), *args],
+                          capture_output=True, text=True, timeout=300, cwd=BENCHMARKS.parent,
+                          env=env)
     assert done.returncode == 0, done.stderr[-3000:]
     lines = done.stdout.strip().splitlines()
     return json.loads(lines[-1]), "\n".join(lines[:-1])
+
+
+def run_tiny(name: str) -> tuple[dict, str]:
+    return run_script(name, "--tiny")
 
 
 def positive(value) -> bool:
@@ -116,17 +122,9 @@ def test_is_nll():
     assert result["estimates_finite"] is True and result["mean_log_likelihood"] < 0
 
 
-def run_script(name: str, *args: str, env=None) -> dict:
-    done = subprocess.run([sys.executable, str(BENCHMARKS / f"{name}.py"), *args],
-                          capture_output=True, text=True, timeout=300, cwd=BENCHMARKS.parent,
-                          env=env)
-    assert done.returncode == 0, done.stderr[-3000:]
-    return json.loads(done.stdout.strip().splitlines()[-1])
-
-
 def test_rate_distortion_sweep_runs(tmp_path):
     """The β sweep writes its figure and one (rate, distortion) point per β."""
-    result = run_script("rate_distortion", "--dataset", "digits", "--preset", "digits",
+    result, _ = run_script("rate_distortion", "--dataset", "digits", "--preset", "digits",
                         "--epochs", "2", "--betas", "0.5,2", "--out", str(tmp_path))
     assert [m["beta"] for m in result["models"]] == [0.5, 2.0]
     assert all(positive(m["rate"]) and positive(m["distortion"]) for m in result["models"])
@@ -143,7 +141,7 @@ def test_quality_row_runs(tmp_path):
     """A paper row trains, evaluates with importance sampling and reports its gap to the paper."""
     env = dict(os.environ, VAEJAX_MANUAL_DIR=str(SHARED_DATA),
                VAEJAX_DATA_DIR=str(tmp_path / "tfds"))
-    result = run_script("quality", "--row", "pythae-vae", "--epochs", "1", "--num-samples", "4",
+    result, _ = run_script("quality", "--row", "pythae-vae", "--epochs", "1", "--num-samples", "4",
                         "--workdir", str(tmp_path / "run"), env=env)
     assert result["published"] == 89.78 and result["epochs"] == 1
     assert positive(result["test_nll"]) and result["num_samples"] == 4
