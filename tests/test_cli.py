@@ -44,6 +44,7 @@ def test_beta_sweep_from_the_command_line(tmp_path):
     (["--posterior", "poisson"], "posterior must be one of"),
     (["--devices", "64"], "64 devices asked for"),
     (["--resume"], "holds no run"),
+    (["--init-from", "/nonexistent/run"], "/nonexistent/run holds no run"),
 ])
 def test_bad_input_one_error_nothing_written(tmp_path, capsys, flags, message):
     """Each bad input: exit code 2, one line naming the problem, no run folder."""

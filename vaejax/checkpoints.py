@@ -31,11 +31,19 @@ class Checkpointer:
         self._manager.wait_until_finished()
 
     def restore(self, epoch: int, like):
-        """The state saved at `epoch`, in the structure (and dtypes) of `like`."""
+        """The state saved at `epoch`, in the structure (and dtypes) of `like`.
+
+        Raises:
+          ValueError: the checkpoint holds arrays of other shapes (another model).
+        """
         leaves, treedef = jax.tree.flatten(like)
-        target = {"leaves": [np.zeros(np.shape(x), np.asarray(x).dtype) for x in leaves]}
-        restored = self._manager.restore(epoch, args=ocp.args.StandardRestore(target))
-        return jax.tree.unflatten(treedef, restored["leaves"])
+        saved = self._manager.restore(epoch, args=ocp.args.StandardRestore())["leaves"]
+        shapes = [np.shape(x) for x in leaves]
+        if [np.shape(x) for x in saved] != shapes:
+            raise ValueError(f"the checkpoint of epoch {epoch} holds parameters of other "
+                             "shapes than this model's")
+        return jax.tree.unflatten(treedef, [np.asarray(s, np.asarray(x).dtype)
+                                            for s, x in zip(saved, leaves)])
 
     def close(self) -> None:
         self._manager.close()

@@ -38,7 +38,7 @@ _MODEL_FLAGS = ("architecture", "hidden", "conv_channels", "activation", "latent
 _TRAIN_FLAGS = ("dataset", "binarization", "objective", "num_samples", "betas", "seeds",
                 "kl_warmup_epochs", "free_bits", "kl_target", "dual_learning_rate", "estimator",
                 "temperature", "min_temperature", "temperature_decay", "epochs", "batch_size",
-                "learning_rate", "lr_schedule", "devices", "checkpoint_every")
+                "learning_rate", "lr_schedule", "devices", "checkpoint_every", "init_from")
 
 
 def _add_data_flags(p):
@@ -87,6 +87,8 @@ def _parser():
     t.add_argument("--checkpoint-every", type=int)
     t.add_argument("--workdir", help="run folder (default: runs/DATASET-TIME)")
     t.add_argument("--resume", action="store_true", help="continue the run in --workdir")
+    t.add_argument("--init-from", help="start from the latest parameters of this run folder "
+                   "(same model; the optimiser starts afresh)")
     t.add_argument("--stepwise", action="store_true",
                    help="one jitted step per host batch instead of whole-epoch programs")
     t.add_argument("--no-progress", action="store_true")

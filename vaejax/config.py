@@ -87,6 +87,7 @@ class TrainConfig:
     eval_batch_size: int = 1000
     devices: int = 1
     checkpoint_every: int = 10
+    init_from: str | None = None  # a run folder whose latest parameters start every model
 
     @property
     def num_models(self) -> int:

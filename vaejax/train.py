@@ -189,11 +189,13 @@ def train_and_evaluate(config: TrainConfig, workdir, *, resume: bool = False, da
     _check_workdir(workdir, config, resume)
     train, test, _, _ = prepare_data(config, data_dir, manual_dir)
     trainer = Trainer(config, train.shape[1:], train.shape[0])
+    state, start = trainer.init(), 0
+    if config.init_from is not None:
+        state = state._replace(params=trainer.place(initial_params(config, trainer)))
 
     workdir.mkdir(parents=True, exist_ok=True)
     write_json(workdir / "config.json", json.loads(config.to_json()))
     checkpointer = Checkpointer(str(workdir / "checkpoints"))
-    state, start = trainer.init(), 0
     records = []
     if resume and checkpointer.latest_epoch() is not None:
         start = checkpointer.latest_epoch()
@@ -233,6 +235,38 @@ def train_and_evaluate(config: TrainConfig, workdir, *, resume: bool = False, da
     from vaejax import plots  # matplotlib only when figures are drawn
     plots.write_run_figures(workdir, trainer, state, test, records)
     return summary
+
+
+def initial_params(config: TrainConfig, trainer: Trainer):
+    """The latest parameters of the run in `config.init_from`, one copy per model of `config`.
+
+    A source run with one model starts every model of a sweep; otherwise the
+    numbers of models must agree. Only parameters are taken: the optimiser,
+    step count and schedules start afresh.
+    """
+    source = Path(config.init_from)
+    source_config = read_config(source)
+    ours, theirs = dataclasses.asdict(config.model), dataclasses.asdict(source_config.model)
+    changed = sorted(k for k in ours if ours[k] != theirs[k])
+    if changed:
+        raise RunError(f"cannot start from {source}: its model differs in {', '.join(changed)}")
+    k_source, k = source_config.num_models, config.num_models
+    if k_source not in (1, k):
+        raise RunError(f"cannot start {k} models from {source}, which holds {k_source}")
+    checkpointer = Checkpointer(str(source / "checkpoints"))
+    epoch = checkpointer.latest_epoch()
+    if epoch is None:
+        checkpointer.close()
+        raise RunError(f"cannot start from {source}: it holds no checkpoint")
+    like = Trainer(dataclasses.replace(source_config, devices=1), trainer.image_shape,
+                   source_config.batch_size).init()
+    try:
+        params = checkpointer.restore(epoch, like).params
+    except ValueError as error:
+        raise RunError(f"cannot start from {source}: {error} (trained on other images?)") from None
+    finally:
+        checkpointer.close()
+    return jax.tree.map(lambda p: np.broadcast_to(p, (k, *p.shape[1:])), params)
 
 
 def _stop_non_finite(checkpointer, workdir, epoch, losses):
