@@ -146,3 +146,9 @@ def test_quality_row_runs(tmp_path):
     assert result["published"] == 89.78 and result["epochs"] == 1
     assert positive(result["test_nll"]) and result["num_samples"] == 4
     assert math.isclose(result["gap_to_published"], result["test_nll"] - 89.78)
+    warm, _ = run_script("quality", "--row", "pythae-vae", "--epochs", "1", "--num-samples", "4",
+                         "--init-from", str(tmp_path / "run"), "--workdir", str(tmp_path / "warm"),
+                         env=env)
+    assert warm["init_from"]["epochs"] == 1 and "--init-from" in warm["command"]
+    assert math.isclose(warm["total_train_wall_seconds"],
+                        warm["train_wall_seconds"] + result["train_wall_seconds"])
