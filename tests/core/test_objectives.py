@@ -264,3 +264,37 @@ def test_importance_log_likelihood_with_fewer_samples_than_a_chunk(linear_gaussi
     estimate = vaejax.importance_log_likelihood(jax.random.key(0), x, model.posterior(x),
                                                 model.log_likelihood, num_samples=30)
     np.testing.assert_allclose(estimate, model.log_marginal(x), rtol=1e-5, atol=1e-4)
+
+
+@pytest.mark.parametrize("family", ["diagonal", "cholesky", "categorical"])
+def test_sample_and_log_prob_is_sample_then_log_prob(linear_gaussian, family):
+    """The same draw as `sample(key)` and the density `log_prob` gives it (where both are exact)."""
+    model, x = linear_gaussian
+    posterior = {"diagonal": diagonal_posterior(model, x), "cholesky": poor_posterior(model, x),
+                 "categorical": vaejax.Categorical(jnp.log(jnp.arange(1.0, 7.0)).reshape(2, 3))
+                 }[family]
+    key = jax.random.key(3)
+    z, log_q = posterior.sample_and_log_prob(key, 5)
+    np.testing.assert_array_equal(z, posterior.sample(key, 5))
+    np.testing.assert_allclose(log_q, posterior.log_prob(z), rtol=1e-5, atol=1e-4)
+
+
+@pytest.mark.parametrize("family", ["diagonal", "cholesky"])
+def test_log_weight_gradients_stay_exact_when_the_scale_is_tiny(family):
+    """σ = e⁻⁵⁰ next to μ = 3: the pathwise gradient of log w is f'(z), with f = log p(x|z) + log p(z).
+
+    log q taken from ε is −½‖ε‖² − Σ log σ, so ∂ log w/∂μ = f'(z) and ∂ log w/∂ log σ = σε·f'(z) + 1.
+    Written with (z − μ)/σ, the two cancelling terms of size ε/σ overflow here.
+    """
+    mean, log_scale = jnp.full((1, 2), 3.0), jnp.full((1, 2), -50.0)
+
+    def log_weight(mean, log_scale):
+        posterior = (vaejax.DiagonalGaussian(mean, 2 * log_scale) if family == "diagonal" else
+                     vaejax.CholeskyGaussian(mean, jnp.exp(log_scale)[..., None] * jnp.eye(2)))
+        return vaejax.log_importance_weights(jax.random.key(0), jnp.zeros((1, 2)), posterior,
+                                             lambda z, x: -jnp.sum((z - x)**2, -1), 1).sum()
+
+    grad_mean, grad_log_scale = jax.grad(log_weight, argnums=(0, 1))(mean, log_scale)
+    # f(z) = −‖z‖² − ½‖z‖² + const, so f'(z) = −3z, and z equals μ to float32 precision.
+    np.testing.assert_allclose(grad_mean, -9.0 * np.ones((1, 2)), rtol=1e-5)
+    np.testing.assert_allclose(grad_log_scale, np.ones((1, 2)), atol=1e-6)

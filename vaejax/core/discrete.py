@@ -146,5 +146,9 @@ class Categorical(NamedTuple):
     def log_prob(self, one_hot):
         return jnp.sum(categorical_log_prob(self.logits, one_hot), axis=-1)
 
+    def sample_and_log_prob(self, key, num_samples=None):
+        one_hot = self.sample(key, num_samples)
+        return one_hot, self.log_prob(one_hot)
+
     def kl_uniform(self):
         return jnp.sum(kl_categorical(self.logits, jnp.zeros_like(self.logits)), axis=-1)

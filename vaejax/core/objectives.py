@@ -81,12 +81,12 @@ def elbo(key: jax.Array, x: ArrayLike, posterior: Posterior,
       Higgins et al., β-VAE, ICLR 2017.
     """
     check_beta(beta)
-    z = posterior.sample(key, num_samples)
+    z, log_q = posterior.sample_and_log_prob(key, num_samples)
     log_lik = jnp.mean(log_likelihood_fn(z, jnp.asarray(x)), axis=0)
     if form == "analytic":
         kl = posterior.kl_standard_normal()
     elif form == "monte_carlo":
-        kl = jnp.mean(posterior.log_prob(z) - gaussian.standard_normal_log_prob(z), axis=0)
+        kl = jnp.mean(log_q - gaussian.standard_normal_log_prob(z), axis=0)
     elif form == "entropy":
         kl = -jnp.mean(gaussian.standard_normal_log_prob(z), axis=0) - posterior.entropy()
     else:
@@ -111,8 +111,8 @@ def log_importance_weights(key: jax.Array, x: ArrayLike, posterior: Posterior | 
     Returns:
       log-weights, shape (K, *batch).
     """
-    z = posterior.sample(key, num_samples)
-    return log_likelihood_fn(z, jnp.asarray(x)) + log_prior_fn(z) - posterior.log_prob(z)
+    z, log_q = posterior.sample_and_log_prob(key, num_samples)
+    return log_likelihood_fn(z, jnp.asarray(x)) + log_prior_fn(z) - log_q
 
 
 def iwae_bound(log_weights: ArrayLike, axis: int = 0) -> jax.Array:

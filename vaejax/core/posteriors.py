@@ -3,6 +3,13 @@
 The objectives take a posterior rather than loose arrays so one ELBO, IWAE and
 importance-sampling implementation serves diagonal and full covariances. Each
 method is a thin call of the pure functions in `gaussian`.
+
+`sample_and_log_prob` gives a reparameterized draw with its log-density written
+in terms of the noise ε (−½‖ε‖² − log|det L| − (d/2) log 2π) instead of
+(z − μ) scaled by the inverse scale. The two are equal in exact arithmetic, but
+the latter's gradient is a difference of two terms of size ε/σ that cancel only
+approximately in float32, and it overflows where σ is tiny next to μ: IWAE
+training hits exactly that.
 """
 
 from typing import NamedTuple
@@ -25,6 +32,11 @@ class DiagonalGaussian(NamedTuple):
     def log_prob(self, z):
         return gaussian.diag_normal_log_prob(z, self.mean, self.log_var)
 
+    def sample_and_log_prob(self, key, num_samples=None):
+        z = self.sample(key, num_samples)
+        eps = jax.random.normal(key, z.shape, z.dtype)  # the draw behind z: same key, shape
+        return z, gaussian.standard_normal_log_prob(eps) - 0.5 * jnp.sum(self.log_var, axis=-1)
+
     def kl_standard_normal(self):
         return gaussian.kl_standard_normal(self.mean, self.log_var)
 
@@ -43,6 +55,12 @@ class CholeskyGaussian(NamedTuple):
 
     def log_prob(self, z):
         return gaussian.mvn_tril_log_prob(z, self.mean, self.scale_tril)
+
+    def sample_and_log_prob(self, key, num_samples=None):
+        z = self.sample(key, num_samples)
+        eps = jax.random.normal(key, z.shape, z.dtype)
+        log_det = jnp.sum(jnp.log(jnp.abs(jnp.diagonal(self.scale_tril, axis1=-2, axis2=-1))), -1)
+        return z, gaussian.standard_normal_log_prob(eps) - log_det
 
     def kl_standard_normal(self):
         d = self.mean.shape[-1]
