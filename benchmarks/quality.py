@@ -74,7 +74,9 @@ def run(row: str, epochs: int, workdir: str, num_samples: int, batch_size: int,
         summary = json.loads((Path(workdir) / "summary.json").read_text())
         result.update(test_nll=-summary["test_log_likelihood"], num_samples=num_samples,
                       eval_seconds=summary["log_likelihood_seconds"],
-                      active_units=summary["active_units"])
+                      active_units=summary["active_units"], rate=summary["rate"],
+                      distortion=summary["distortion"],
+                      linear_probe_accuracy=summary.get("linear_probe_accuracy"))  # needs labels
         result["gap_to_published"] = result["test_nll"] - published
     else:
         result["negative_test_elbo"] = -summary["test_elbo"]
