@@ -8,8 +8,8 @@ method is a thin call of the pure functions in `gaussian`.
 in terms of the noise ε (−½‖ε‖² − log|det L| − (d/2) log 2π) instead of
 (z − μ) scaled by the inverse scale. The two are equal in exact arithmetic, but
 the latter's gradient is a difference of two terms of size ε/σ that cancel only
-approximately in float32, and it overflows where σ is tiny next to μ: IWAE
-training hits exactly that.
+approximately in float32 and overflows where σ is tiny next to μ, a regime
+IWAE training can drive an encoder into.
 """
 
 from typing import NamedTuple
