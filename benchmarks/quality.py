@@ -5,8 +5,9 @@ The script trains into --workdir, runs `vaejax evaluate` with K importance sampl
 and prints a table and one JSON line: reached NLL, epochs and wall time beside the
 paper's figure. Data come from the TFDS manual folder (VAEJAX_MANUAL_DIR).
 With --init-from the model starts from a finished run of the same architecture
-(e.g. IWAE from the trained VAE); that run's epochs and wall time are reported
-with this one's, and the total is what the schedule costs.
+(e.g. IWAE from the trained VAE); that run's epochs and wall time, and those of
+any run it started from in turn, are reported with this one's, and the total is
+what the schedule costs.
 
   python benchmarks/quality.py --row burda-vae --epochs 1500 --workdir runs/burda-vae
   python benchmarks/quality.py --row burda-iwae50 --epochs 100 --init-from runs/burda-vae \
@@ -63,11 +64,14 @@ def run(row: str, epochs: int, workdir: str, num_samples: int, batch_size: int,
               "test_elbo": summary["test_elbo"], "command": "vaejax train " + " ".join(train),
               "machine": f"{platform.machine()}, {os.cpu_count()} cores"}
     result["total_train_wall_seconds"] = result["train_wall_seconds"]
-    if init_from:
-        source = json.loads((Path(init_from) / "summary.json").read_text())
-        result["init_from"] = {"workdir": init_from, "epochs": source["epochs"],
-                               "train_wall_seconds": source["wall_seconds"]}
-        result["total_train_wall_seconds"] += source["wall_seconds"]
+    # Follow the chain of runs this one started from: the schedule's cost is all of them.
+    result["init_from"] = []
+    while init_from:
+        origin = json.loads((Path(init_from) / "summary.json").read_text())
+        result["init_from"].append({"workdir": init_from, "epochs": origin["epochs"],
+                                    "train_wall_seconds": origin["wall_seconds"]})
+        result["total_train_wall_seconds"] += origin["wall_seconds"]
+        init_from = json.loads((Path(init_from) / "config.json").read_text()).get("init_from")
     if row in ROWS:
         if vaejax_main(["evaluate", "--workdir", workdir, "-k", str(num_samples), "--no-progress"]):
             raise SystemExit(f"evaluating {row} failed")

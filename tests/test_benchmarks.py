@@ -149,6 +149,14 @@ def test_quality_row_runs(tmp_path):
     warm, _ = run_script("quality", "--row", "pythae-vae", "--epochs", "1", "--num-samples", "4",
                          "--init-from", str(tmp_path / "run"), "--workdir", str(tmp_path / "warm"),
                          env=env)
-    assert warm["init_from"]["epochs"] == 1 and "--init-from" in warm["command"]
+    assert [r["epochs"] for r in warm["init_from"]] == [1] and "--init-from" in warm["command"]
     assert math.isclose(warm["total_train_wall_seconds"],
                         warm["train_wall_seconds"] + result["train_wall_seconds"])
+    # A run started from a started run counts the whole chain.
+    chained, _ = run_script("quality", "--row", "pythae-vae", "--epochs", "2", "--num-samples",
+                            "4", "--init-from", str(tmp_path / "warm"),
+                            "--workdir", str(tmp_path / "chained"), env=env)
+    assert [r["workdir"] for r in chained["init_from"]] == [str(tmp_path / "warm"),
+                                                           str(tmp_path / "run")]
+    assert math.isclose(chained["total_train_wall_seconds"],
+                        chained["train_wall_seconds"] + warm["total_train_wall_seconds"])
