@@ -100,7 +100,7 @@ def _tril_solve(scale_tril, b):
                             jnp.broadcast_to(b, shape + b.shape[-2:]), lower=True)
 
 
-def _log_det_tril(scale_tril):
+def log_det_tril(scale_tril):
     """log |det L| = Σ log |L_ii|, i.e. half of log det LLᵀ."""
     return jnp.sum(jnp.log(jnp.abs(jnp.diagonal(scale_tril, axis1=-2, axis2=-1))), axis=-1)
 
@@ -128,7 +128,7 @@ def mvn_tril_log_prob(z: ArrayLike, mean: ArrayLike, scale_tril: ArrayLike) -> j
     columns = jnp.moveaxis(diff.reshape(-1, *diff.shape[extra:]), 0, -1)
     white = jnp.moveaxis(_tril_solve(scale_tril, columns), -1, 0).reshape(diff.shape)
     d = mean.shape[-1]
-    return -0.5 * jnp.sum(white**2, axis=-1) - _log_det_tril(scale_tril) - 0.5 * d * _LOG_2PI
+    return -0.5 * jnp.sum(white**2, axis=-1) - log_det_tril(scale_tril) - 0.5 * d * _LOG_2PI
 
 
 def kl_standard_normal(mean: ArrayLike, log_var: ArrayLike) -> jax.Array:
@@ -198,7 +198,7 @@ def kl_mvn_tril(mean_q: ArrayLike, scale_tril_q: ArrayLike,
     trace = jnp.sum(solved[..., :-1]**2, axis=(-2, -1))
     mahalanobis = jnp.sum(solved[..., -1]**2, axis=-1)
     d = mean_q.shape[-1]
-    return 0.5 * (trace + mahalanobis - d) + _log_det_tril(lp) - _log_det_tril(lq)
+    return 0.5 * (trace + mahalanobis - d) + log_det_tril(lp) - log_det_tril(lq)
 
 
 def diag_normal_entropy(log_var: ArrayLike) -> jax.Array:
@@ -224,4 +224,4 @@ def mvn_tril_entropy(scale_tril: ArrayLike) -> jax.Array:
     """
     scale_tril = jnp.asarray(scale_tril)
     d = scale_tril.shape[-1]
-    return 0.5 * d * (1.0 + _LOG_2PI) + _log_det_tril(scale_tril)
+    return 0.5 * d * (1.0 + _LOG_2PI) + log_det_tril(scale_tril)

@@ -59,8 +59,7 @@ class CholeskyGaussian(NamedTuple):
     def sample_and_log_prob(self, key, num_samples=None):
         z = self.sample(key, num_samples)
         eps = jax.random.normal(key, z.shape, z.dtype)
-        log_det = jnp.sum(jnp.log(jnp.abs(jnp.diagonal(self.scale_tril, axis1=-2, axis2=-1))), -1)
-        return z, gaussian.standard_normal_log_prob(eps) - log_det
+        return z, gaussian.standard_normal_log_prob(eps) - gaussian.log_det_tril(self.scale_tril)
 
     def kl_standard_normal(self):
         d = self.mean.shape[-1]
