@@ -80,6 +80,10 @@ class ConvHead(nnx.Module):
         return self.out(x[..., :self.image[0], :self.image[1], :])
 
 
+def _flatten_image(x):
+    return x.reshape(*x.shape[:-3], -1)
+
+
 class VAE(nnx.Module):
     """Encoder, posterior head, decoder and likelihood for images of `shape` (H, W, C)."""
 
@@ -105,7 +109,7 @@ class VAE(nnx.Module):
     def encode(self, x):
         """q(z|x): a DiagonalGaussian, CholeskyGaussian or Categorical (logits (..., d, K))."""
         if self.config.architecture == "mlp":
-            x = x.reshape(*x.shape[:-3], -1)
+            x = _flatten_image(x)
         out = self.posterior_head(self.encoder(x))
         d = self.config.latent_dim
         if self.config.posterior == "diagonal":
@@ -129,15 +133,17 @@ class VAE(nnx.Module):
 
     def log_likelihood(self, z, x):
         """log p(x|z) summed over the image; leading axes of z broadcast against x."""
-        params = self.decode(z)
+        # Summed over flat pixels: XLA's CPU backend runs elementwise work over a
+        # trailing channel axis of size one many times slower.
+        params, x = _flatten_image(self.decode(z)), _flatten_image(x)
         kind = self.config.likelihood
         if kind == "bernoulli":
-            return vaejax.bernoulli_log_likelihood(params, x, event_ndims=3)
+            return vaejax.bernoulli_log_likelihood(params, x)
         if kind == "continuous_bernoulli":
-            return vaejax.continuous_bernoulli_log_likelihood(params, x, event_ndims=3)
-        log_scale = (self.log_scale[...] if self.config.learned_scale
+            return vaejax.continuous_bernoulli_log_likelihood(params, x)
+        log_scale = (self.log_scale[...].reshape(-1) if self.config.learned_scale
                      else math.log(self.config.gaussian_scale))
-        return vaejax.gaussian_log_likelihood(params, x, log_scale, event_ndims=3)
+        return vaejax.gaussian_log_likelihood(params, x, log_scale)
 
     def mean_image(self, z):
         """E[x|z], for pictures of reconstructions and samples."""

@@ -56,9 +56,23 @@ class Trainer:
         self.mesh = None
         if config.devices > 1:
             self.mesh = jax.sharding.Mesh(np.array(jax.devices()[:config.devices]), ("data",))
-        self.train_epoch = jax.jit(jax.vmap(self._epoch, in_axes=(0, None, None)), donate_argnums=0)
-        self.train_step = jax.jit(jax.vmap(self._step), donate_argnums=0)
-        self.evaluate = jax.jit(jax.vmap(self._evaluate, in_axes=(0, None, None)))
+        self.train_epoch = jax.jit(self._per_model(self._epoch, (0, None, None)), donate_argnums=0)
+        self.train_step = jax.jit(self._per_model(self._step, (0, 0, 0)), donate_argnums=0)
+        self.evaluate = jax.jit(self._per_model(self._evaluate, (0, None, None)))
+
+    def _per_model(self, fn, in_axes):
+        """fn mapped over the model axis of the arguments whose entry in in_axes is 0."""
+        if self.config.num_models > 1:
+            return jax.vmap(fn, in_axes=in_axes)
+
+        # One model: drop the axis instead of vmapping over it. A vmap of size one
+        # turns every dot into a batched dot, which XLA's CPU backend pays for in copies.
+        def single(*args):
+            args = [a if axis is None else jax.tree.map(lambda t: t[0], a)
+                    for a, axis in zip(args, in_axes)]
+            return jax.tree.map(lambda t: t[None], fn(*args))
+
+        return single
 
     def replicas(self) -> list[tuple[int, float]]:
         """(seed, β) of each model, in the order of the model axis."""

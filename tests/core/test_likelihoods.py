@@ -54,6 +54,14 @@ def test_bernoulli_gradient_is_data_minus_probability(rng):
     np.testing.assert_allclose(grad, x - special.expit(logits.astype(np.float64)), atol=1e-6)
 
 
+def test_bernoulli_derivatives_are_exact_at_zero_logit():
+    """At l = 0, where the stable form's max and |·| have kinks: ∂ = x − ½ and ∂² = −¼."""
+    x = jnp.float32(0.3)
+    log_lik = lambda l: vaejax.bernoulli_log_likelihood(l, x, event_ndims=0)
+    np.testing.assert_allclose(jax.grad(log_lik)(0.0), -0.2, rtol=1e-6)
+    np.testing.assert_allclose(jax.grad(jax.grad(log_lik))(0.0), -0.25, rtol=1e-6)
+
+
 @pytest.mark.parametrize("log_scale_shape", [(), (1, 6)])
 def test_gaussian_matches_closed_form_and_scipy(precision, rng, log_scale_shape):
     """log N(x; m, σ²I) = −SSE/2σ² − D log(σ√2π), and equals scipy's norm.logpdf summed."""
