@@ -55,7 +55,7 @@ def test_likelihood_heads_use_the_core(likelihood, scale):
     log_scale = np.log(scale or 1.0)
     if config.learned_scale:  # a different σ per pixel, so the pixels must stay aligned
         log_scale = 0.3 * jax.random.normal(jax.random.key(2), (8, 8, 1))
-        model.log_scale.value = log_scale
+        model.log_scale[...] = log_scale
     expected = {
         "bernoulli": lambda: vaejax.bernoulli_log_likelihood(out, x, event_ndims=3),
         "continuous_bernoulli": lambda: vaejax.continuous_bernoulli_log_likelihood(out, x, 3),
