@@ -26,7 +26,7 @@ def _compiled_estimator(trainer, num_samples: int, chunk_size: int):
             key, x, model.encode(x), model.log_likelihood, num_samples,
             chunk_size, _log_prior_fn(model))
 
-    return jax.jit(jax.vmap(estimate, in_axes=(0, None, None)))
+    return jax.jit(trainer.per_model(estimate, (0, None, None)))
 
 
 def importance_log_likelihood(trainer, state, images: np.ndarray, *, num_samples: int = 5000,
@@ -35,7 +35,7 @@ def importance_log_likelihood(trainer, state, images: np.ndarray, *, num_samples
     """log p(x) of each test image under each model, K importance samples from q(z|x).
 
     The test set is processed `batch_size` images at a time by one compiled
-    function (vmapped over models, K drawn `chunk_size` at a time on the device).
+    function (mapped over models, K drawn `chunk_size` at a time on the device).
 
     Returns:
       estimates, shape (models, N).
@@ -62,7 +62,7 @@ def _compiled_codes(trainer):
         code = posterior_code(trainer.model(params), x)
         return code.reshape(*code.shape[:1], -1)
 
-    return jax.jit(jax.vmap(codes, in_axes=(0, None)))
+    return jax.jit(trainer.per_model(codes, (0, None)))
 
 
 def latent_codes(trainer, state, images: np.ndarray, batch_size: int = 1000) -> np.ndarray:

@@ -68,7 +68,7 @@ def write_run_figures(workdir, trainer, state, test: np.ndarray, records: list[d
         samples = model.mean_image(model.prior_sample(jax.random.PRNGKey(0), num_images))
         return samples, model.mean_image(posterior_code(model, x))
 
-    samples, recons = jax.device_get(jax.jit(jax.vmap(pictures))(state.params))
+    samples, recons = jax.device_get(jax.jit(trainer.per_model(pictures, (0,)))(state.params))
     labels = _model_labels(trainer)
     k = len(labels)
     fig, axes = subplots(1, k, figsize=(3.2 * k, 3.4))

@@ -56,11 +56,11 @@ class Trainer:
         self.mesh = None
         if config.devices > 1:
             self.mesh = jax.sharding.Mesh(np.array(jax.devices()[:config.devices]), ("data",))
-        self.train_epoch = jax.jit(self._per_model(self._epoch, (0, None, None)), donate_argnums=0)
-        self.train_step = jax.jit(self._per_model(self._step, (0, 0, 0)), donate_argnums=0)
-        self.evaluate = jax.jit(self._per_model(self._evaluate, (0, None, None)))
+        self.train_epoch = jax.jit(self.per_model(self._epoch, (0, None, None)), donate_argnums=0)
+        self.train_step = jax.jit(self.per_model(self._step, (0, 0, 0)), donate_argnums=0)
+        self.evaluate = jax.jit(self.per_model(self._evaluate, (0, None, None)))
 
-    def _per_model(self, fn, in_axes):
+    def per_model(self, fn, in_axes):
         """fn mapped over the model axis of the arguments whose entry in in_axes is 0."""
         if self.config.num_models > 1:
             return jax.vmap(fn, in_axes=in_axes)
