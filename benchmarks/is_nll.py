@@ -16,6 +16,10 @@ The estimator is compiled once per process, by the first call:
 for all 10,000 test images is `seconds` scaled by the number of batches,
 reported as extrapolated whenever fewer were processed. Throughput is
 importance samples per second = images × K / seconds.
+
+`chunk_sweep` times one batch for each of `--chunk-sweep` chunk sizes (each
+compiled once, untimed, first): a chunk decodes chunk × batch latents at once,
+and how many fit the cache sets the speed on a CPU.
 """
 
 import argparse
@@ -61,15 +65,20 @@ def parse_args(argv):
     parser.add_argument("--num-samples", "-k", type=int, default=None,
                         help="K (default 5000; --tiny 100)")
     parser.add_argument("--chunk-size", type=int, default=None,
-                        help="draws per chunk (default 500; --tiny 50)")
+                        help="draws per chunk (default 100; --tiny 50)")
     parser.add_argument("--num-images", type=int, default=None,
                         help=f"test images to process (default {FULL_TEST_SET}; --tiny 200)")
     parser.add_argument("--batch-size", type=int, default=100, help="images per compiled call")
     parser.add_argument("--train-epochs", type=int, default=0, help="training epochs before evaluating")
+    parser.add_argument("--chunk-sweep", type=int, nargs="*", default=None,
+                        help="chunk sizes to time on one batch (default 25 50 100 250 500; "
+                             "--tiny 25 50)")
     args = parser.parse_args(argv)
     args.num_samples = args.num_samples or (100 if args.tiny else 5000)
-    args.chunk_size = args.chunk_size or (50 if args.tiny else 500)
+    args.chunk_size = args.chunk_size or (50 if args.tiny else 100)
     args.num_images = args.num_images or (200 if args.tiny else FULL_TEST_SET)
+    if args.chunk_sweep is None:
+        args.chunk_sweep = [25, 50] if args.tiny else [25, 50, 100, 250, 500]
     common.apply_common_defaults(args, repeats=3)
     return args
 
@@ -82,9 +91,9 @@ def main(argv=None) -> dict:
     trainer = make_trainer(num_train)
     state = trained_state(trainer, train, args.train_epochs)
 
-    def evaluate(images):
+    def evaluate(images, chunk_size=args.chunk_size):
         return importance_log_likelihood(trainer, state, images, num_samples=args.num_samples,
-                                         chunk_size=args.chunk_size, batch_size=args.batch_size,
+                                         chunk_size=chunk_size, batch_size=args.batch_size,
                                          progress=False)
 
     last = {}
@@ -99,8 +108,22 @@ def main(argv=None) -> dict:
     seconds, all_seconds = common.median_seconds(evaluate_all, args.repeats, warmup=0)
     result = summarize(args, machine, data_info, seconds, all_seconds, first_call_seconds,
                        one_batch_seconds, one_batch_all, last["estimates"])
+    result["chunk_sweep"] = chunk_sweep(args, lambda chunk: evaluate(test[:args.batch_size], chunk))
     report(result)
     return result
+
+
+def chunk_sweep(args, evaluate_batch) -> list[dict]:
+    """One batch's median time for each chunk size of --chunk-sweep that divides K."""
+    rows = []
+    for chunk in args.chunk_sweep:
+        if args.num_samples % chunk:
+            continue
+        seconds, _ = common.median_seconds(lambda: evaluate_batch(chunk), args.repeats)
+        images = min(args.batch_size, args.num_images)
+        rows.append({"chunk_size": chunk, "latents_per_chunk": chunk * images, "seconds": seconds,
+                     "importance_samples_per_second": images * args.num_samples / seconds})
+    return rows
 
 
 def full_test_set_seconds(seconds, batches, batch_size, num_images):
@@ -150,6 +173,10 @@ def report(result: dict) -> None:
          result["full_test_set_seconds"], None],
     ]
     common.print_table("Importance-sampled log p(x)", ["images", "seconds", "importance samples/s"], rows)
+    rows = [[r["chunk_size"], r["latents_per_chunk"], r["seconds"], r["importance_samples_per_second"]]
+            for r in result["chunk_sweep"]]
+    common.print_table(f"Chunk size, one batch of {one_batch} images",
+                       ["chunk", "latents per chunk", "seconds", "importance samples/s"], rows)
     print(f"\ncompile ≈ {result['compile_seconds_estimate']:.3g} s (first call only); "
           f"{result['achieved_flops_per_second'] / 1e9:.1f} GFLOP/s in matmuls; "
           f"mean log p(x) {result['mean_log_likelihood']:.2f} nats")

@@ -120,6 +120,11 @@ def test_is_nll():
         result["num_images"] * result["num_samples"] / result["seconds"])
     assert result["full_test_set_is"].startswith("extrapolated")
     assert result["estimates_finite"] is True and result["mean_log_likelihood"] < 0
+    assert "Chunk size" in table
+    assert [row["chunk_size"] for row in result["chunk_sweep"]] == [25, 50]
+    for row in result["chunk_sweep"]:
+        assert row["latents_per_chunk"] == row["chunk_size"] * result["batch_size"]
+        assert positive(row["seconds"]) and positive(row["importance_samples_per_second"])
 
 
 def test_rate_distortion_sweep_runs(tmp_path):

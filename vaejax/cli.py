@@ -97,7 +97,8 @@ def _parser():
     e = sub.add_parser("evaluate", help="importance-sampled test log-likelihood of a run")
     e.add_argument("--workdir", required=True)
     e.add_argument("-k", "--num-samples", type=int, default=5000)
-    e.add_argument("--chunk-size", type=int, default=500)
+    e.add_argument("--chunk-size", type=int, default=100,
+                   help="draws per chunk; a chunk holds chunk × batch decoded images")
     e.add_argument("--batch-size", type=int, default=100, help="test images per compiled call")
     e.add_argument("--no-progress", action="store_true")
     _add_data_flags(e)

@@ -30,7 +30,7 @@ def _compiled_estimator(trainer, num_samples: int, chunk_size: int):
 
 
 def importance_log_likelihood(trainer, state, images: np.ndarray, *, num_samples: int = 5000,
-                              chunk_size: int = 500, batch_size: int = 100, seed: int = 0,
+                              chunk_size: int = 100, batch_size: int = 100, seed: int = 0,
                               progress: bool = True) -> np.ndarray:
     """log p(x) of each test image under each model, K importance samples from q(z|x).
 
