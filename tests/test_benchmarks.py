@@ -94,6 +94,10 @@ def test_throughput():
         else:
             assert ratios["vaejax_over_pytorch"] is None
     assert len(result["targets"]) == 5
+    targets = {t["name"]: t for t in result["targets"]}
+    for batch in ("128", "1024"):  # judged on the large square matmul's rate, as specified
+        value = targets[f"cpu_batch{batch}_fraction_of_matmul_rate"]["value"]
+        assert value == result["results"][batch]["vaejax"]["fraction_of_square_matmul_rate"]
 
 
 def test_sweep():

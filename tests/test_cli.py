@@ -16,9 +16,18 @@ def test_train_evaluate_sample(tmp_path, capsys):
     run = tmp_path / "run"
     assert main(["train", "--workdir", str(run), *QUICK]) == 0
     assert "test ELBO" in capsys.readouterr().out
+    trained = json.loads((run / "summary.json").read_text())
+    blanked = dict(trained, models=[dict(m, test_elbo=0.0, rate=0.0, distortion=0.0)
+                                    for m in trained["models"]], test_elbo=0.0, rate=0.0, distortion=0.0)
+    (run / "summary.json").write_text(json.dumps(blanked))
     assert main(["evaluate", "--workdir", str(run), "-k", "200", "--chunk-size", "100",
                  "--no-progress"]) == 0
+    assert "test ELBO" in capsys.readouterr().out
     summary = json.loads((run / "summary.json").read_text())
+    # evaluate recomputes the test ELBO, rate and distortion from the checkpoint: the values
+    # training recorded for its last epoch, with the same key.
+    for key in ("test_elbo", "rate", "distortion"):
+        assert summary[key] == pytest.approx(trained[key], rel=1e-5), key
     # log p(x) ≥ ELBO in expectation; the IS estimate with K = 200 sits above the one-draw test ELBO.
     assert summary["test_log_likelihood"] > summary["test_elbo"]
     assert summary["active_units"] <= 3 and 0 < summary["linear_probe_accuracy"] <= 1

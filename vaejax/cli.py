@@ -150,9 +150,15 @@ def _train(args):
 def _evaluate(args):
     if args.num_samples < 1 or args.chunk_size < 1 or args.batch_size < 1:
         raise ConfigError("--num-samples, --chunk-size and --batch-size must be >= 1")
+    import jax
+
     from vaejax import evaluation
-    from vaejax.train import load_run, update_summary
+    from vaejax.train import load_run, read_summary, update_summary
     config, trainer, state, data = load_run(args.workdir, args.data_dir, args.manual_dir)
+    # The test ELBO of the restored parameters, drawn with the key of the run's last epoch,
+    # so it repeats the value training recorded.
+    epochs = read_summary(args.workdir)["epochs"]
+    elbo_terms = jax.device_get(trainer.evaluate(state, trainer.place(data.test), epochs - 1))
     tic = time.perf_counter()
     log_px = evaluation.importance_log_likelihood(
         trainer, state, data.test, num_samples=args.num_samples,
@@ -162,6 +168,9 @@ def _evaluate(args):
     train_codes = evaluation.latent_codes(trainer, state, data.train)
     test_codes = evaluation.latent_codes(trainer, state, data.test)
     per_model = {"test_log_likelihood": [float(v) for v in log_px.mean(axis=1)],
+                 "test_elbo": [float(v) for v in elbo_terms["elbo"]],
+                 "rate": [float(v) for v in elbo_terms["rate"]],
+                 "distortion": [float(v) for v in elbo_terms["distortion"]],
                  "active_units": [int(v) for v in evaluation.active_units(test_codes)]}
     if data.train_labels is not None and data.test_labels is not None:
         per_model["linear_probe_accuracy"] = [
@@ -171,8 +180,9 @@ def _evaluate(args):
              "log_likelihood_seconds": seconds}
     summary = update_summary(args.workdir, per_model, extra)
     for m in summary["models"]:
-        line = f"model {m['model']}: test log p(x) ≈ {m['test_log_likelihood']:.3f} nats (K={args.num_samples})"
-        line += f", active units {m['active_units']}"
+        line = (f"model {m['model']}: test log p(x) ≈ {m['test_log_likelihood']:.3f} nats "
+                f"(K={args.num_samples}), test ELBO {m['test_elbo']:.3f}, rate {m['rate']:.3f}, "
+                f"distortion {m['distortion']:.3f}, active units {m['active_units']}")
         if "linear_probe_accuracy" in m:
             line += f", linear probe accuracy {m['linear_probe_accuracy']:.3f}"
         print(line)

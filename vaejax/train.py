@@ -148,18 +148,23 @@ def _lift(summary: dict, keys) -> None:
         summary[key] = values[0] if len(values) == 1 else values
 
 
-def update_summary(workdir, per_model: dict[str, list], extra: dict) -> dict:
-    """Adds per-model results (key → one value per model) and run-level values to summary.json."""
+def read_summary(workdir) -> dict:
+    """The summary.json of a finished run."""
     path = Path(workdir) / "summary.json"
     if not path.exists():
         raise RunError(f"{workdir} holds no finished run (no summary.json)")
-    summary = json.loads(path.read_text())
+    return json.loads(path.read_text())
+
+
+def update_summary(workdir, per_model: dict[str, list], extra: dict) -> dict:
+    """Adds per-model results (key → one value per model) and run-level values to summary.json."""
+    summary = read_summary(workdir)
     for key, values in per_model.items():
         for model, value in zip(summary["models"], values):
             model[key] = value
     _lift(summary, per_model)
     summary.update(extra)
-    write_json(path, summary)
+    write_json(Path(workdir) / "summary.json", summary)
     return summary
 
 
