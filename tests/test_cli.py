@@ -96,3 +96,11 @@ def test_evaluate_needs_a_run(tmp_path, capsys):
     """evaluate on a folder without a run is one clear error."""
     assert main(["evaluate", "--workdir", str(tmp_path), "--no-progress"]) == 2
     assert "holds no run" in capsys.readouterr().err
+
+
+def test_evaluate_needs_whole_chunks(tmp_path, capsys):
+    """K must be a whole number of chunks: one clear error before any run is read."""
+    assert main(["evaluate", "--workdir", str(tmp_path), "-k", "250", "--no-progress"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "--num-samples 250 is not a multiple of --chunk-size 100" in err
+    assert len(err.splitlines()) == 1

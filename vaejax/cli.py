@@ -150,6 +150,10 @@ def _train(args):
 def _evaluate(args):
     if args.num_samples < 1 or args.chunk_size < 1 or args.batch_size < 1:
         raise ConfigError("--num-samples, --chunk-size and --batch-size must be >= 1")
+    chunk_size = min(args.chunk_size, args.num_samples)
+    if args.num_samples % chunk_size:
+        raise ConfigError(f"--num-samples {args.num_samples} is not a multiple of "
+                          f"--chunk-size {chunk_size}")
     import jax
 
     from vaejax import evaluation
@@ -162,7 +166,7 @@ def _evaluate(args):
     tic = time.perf_counter()
     log_px = evaluation.importance_log_likelihood(
         trainer, state, data.test, num_samples=args.num_samples,
-        chunk_size=min(args.chunk_size, args.num_samples), batch_size=args.batch_size,
+        chunk_size=chunk_size, batch_size=args.batch_size,
         progress=not args.no_progress)
     seconds = time.perf_counter() - tic
     train_codes = evaluation.latent_codes(trainer, state, data.train)
