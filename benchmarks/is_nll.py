@@ -115,12 +115,11 @@ def main(argv=None) -> dict:
 
 def chunk_sweep(args, evaluate_batch) -> list[dict]:
     """One batch's median time for each chunk size of --chunk-sweep that divides K."""
-    rows = []
+    rows, images = [], min(args.batch_size, args.num_images)
     for chunk in args.chunk_sweep:
         if args.num_samples % chunk:
             continue
         seconds, _ = common.median_seconds(lambda: evaluate_batch(chunk), args.repeats)
-        images = min(args.batch_size, args.num_images)
         rows.append({"chunk_size": chunk, "latents_per_chunk": chunk * images, "seconds": seconds,
                      "importance_samples_per_second": images * args.num_samples / seconds})
     return rows
