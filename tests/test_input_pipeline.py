@@ -13,6 +13,7 @@ import sys
 import time
 from pathlib import Path
 
+import jax
 import numpy as np
 import pytest
 
@@ -143,15 +144,30 @@ def test_unknown_split_lists_available_ones(name, split, available):
         ip.load_split(name, split)
 
 
-@pytest.mark.parametrize("binarization", ["dynamic", "otsu", ""])
+@pytest.mark.parametrize("binarization", ["otsu", ""])
 def test_unknown_binarization(binarization):
-    with pytest.raises(ip.DataError, match="'none', 'static'"):
+    with pytest.raises(ip.DataError, match="'none', 'static', 'dynamic'"):
         ip.load("digits", binarization=binarization)
 
 
-def test_dynamic_binarization_points_to_the_training_code():
-    with pytest.raises(ip.DataError, match="on the device, in the training code"):
-        ip.load("digits", binarization="dynamic")
+def test_dynamic_binarization_binarizes_the_test_split_once(digits):
+    """Training images stay grey (drawn per batch); the test split is one fixed binary draw."""
+    dynamic = ip.load("digits", binarization="dynamic")
+    np.testing.assert_array_equal(dynamic.train.images, digits.train.images)
+    assert set(np.unique(dynamic.test.images)) == {0.0, 1.0}
+    np.testing.assert_array_equal(dynamic.test.images,
+                                  ip.load("digits", binarization="dynamic").test.images)
+    # Pixel means agree with the grey levels they were drawn from (5 standard errors).
+    p, n = digits.test.images.mean(), digits.test.images.size
+    assert abs(dynamic.test.images.mean() - p) < 5 * np.sqrt(p * (1 - p) / n)
+
+
+def test_binarize_batch_draws_bernoulli_pixels_only_when_dynamic():
+    x = np.full((4000,), 0.3, np.float32)
+    key = jax.random.key(0)
+    np.testing.assert_array_equal(ip.binarize_batch(key, x, "static"), x)
+    draws = np.asarray(ip.binarize_batch(key, x, "dynamic"))
+    assert set(np.unique(draws)) == {0.0, 1.0} and abs(draws.mean() - 0.3) < 5 * np.sqrt(0.21 / 4000)
 
 
 # check_images.

@@ -15,6 +15,7 @@ from vaejax.core.discrete import (
     score_function_surrogate,
     uniform_categorical_log_prob,
 )
+from vaejax.core.divergences import closed_form_kl, kl_divergence, register_kl
 from vaejax.core.gaussian import (
     diag_normal_entropy,
     diag_normal_log_prob,
@@ -41,7 +42,8 @@ from vaejax.core.objectives import (
     iwae_bound,
     log_importance_weights,
 )
-from vaejax.core.posteriors import CholeskyGaussian, DiagonalGaussian
+from vaejax.core.posteriors import CholeskyGaussian, DiagonalGaussian, Posterior
+from vaejax.core.priors import MixtureOfGaussians, Prior, StandardNormal, UniformCategorical
 
 __version__ = "0.1.0"
 
@@ -51,8 +53,14 @@ __all__ = [
     "DiagonalGaussian",
     "ElboTerms",
     "LinearGaussian",
+    "MixtureOfGaussians",
+    "Posterior",
+    "Prior",
+    "StandardNormal",
+    "UniformCategorical",
     "bernoulli_log_likelihood",
     "categorical_log_prob",
+    "closed_form_kl",
     "continuous_bernoulli_log_likelihood",
     "continuous_bernoulli_mean",
     "contractive_penalty",
@@ -66,12 +74,14 @@ __all__ = [
     "iwae_bound",
     "kl_categorical",
     "kl_diag_normals",
+    "kl_divergence",
     "kl_mvn_tril",
     "kl_standard_normal",
     "leave_one_out_baseline",
     "log_importance_weights",
     "mvn_tril_entropy",
     "mvn_tril_log_prob",
+    "register_kl",
     "reparameterize",
     "reparameterize_tril",
     "score_function_surrogate",

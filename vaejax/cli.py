@@ -157,8 +157,10 @@ def _evaluate(args):
     import jax
 
     from vaejax import evaluation
-    from vaejax.train import load_run, read_summary, update_summary
-    config, trainer, state, data = load_run(args.workdir, args.data_dir, args.manual_dir)
+    from vaejax.train import load_run, prepare_data, read_summary, update_summary
+    run = load_run(args.workdir)
+    trainer, state = run.trainer, run.state
+    data = prepare_data(run.config, args.data_dir, args.manual_dir)
     # The test ELBO of the restored parameters, drawn with the key of the run's last epoch,
     # so it repeats the value training recorded.
     epochs = read_summary(args.workdir)["epochs"]
@@ -195,13 +197,15 @@ def _evaluate(args):
 
 def _sample(args):
     from vaejax import plots
-    from vaejax.train import load_run
-    config, trainer, state, data = load_run(args.workdir, args.data_dir, args.manual_dir)
-    if not 0 <= args.model < config.num_models:
-        raise ConfigError(f"--model must be in 0..{config.num_models - 1}")
+    from vaejax.train import load_run, prepare_data
+    run = load_run(args.workdir)
+    if not 0 <= args.model < run.config.num_models:
+        raise ConfigError(f"--model must be in 0..{run.config.num_models - 1}")
+    data = prepare_data(run.config, args.data_dir, args.manual_dir)
     out = Path(args.out or Path(args.workdir) / "samples")
     out.mkdir(parents=True, exist_ok=True)
-    for path in plots.write_sample_figures(out, trainer, state, data.test, args.model, args.seed):
+    for path in plots.write_sample_figures(out, run.trainer, run.state, data.test, args.model,
+                                           args.seed):
         print(path)
 
 

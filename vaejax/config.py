@@ -9,13 +9,14 @@ import json
 import math
 from typing import Literal
 
+from vaejax.input_pipeline import BINARIZATIONS
+
 ACTIVATIONS = ("relu", "tanh", "gelu", "softplus", "elu", "leaky_relu", "silu")
 POSTERIORS = ("diagonal", "full", "categorical")
 LIKELIHOODS = ("bernoulli", "gaussian", "continuous_bernoulli")
-OBJECTIVES = ("elbo", "iwae")
-BINARIZATIONS = ("none", "static", "dynamic")
 ESTIMATORS = ("gumbel_softmax", "score_function")
 LR_SCHEDULES = ("constant", "cosine")
+OPTIMIZERS = ("adam", "custom")  # "custom": an optax transformation given in Python
 
 
 class ConfigError(ValueError):
@@ -26,11 +27,13 @@ class ConfigError(ValueError):
 class ModelConfig:
     """Encoder + decoder + prior N(0, I) (uniform for categorical) + likelihood.
 
-    The decoder mirrors the encoder: its hidden sizes are the encoder's reversed.
-    For "conv", `conv_channels` are the stride-2 convolution widths and
-    `hidden` the dense layers after them.
+    `family` names the registered model family (`vaejax.models.register`); the
+    stock "vae" is built from the other fields. The decoder mirrors the encoder:
+    its hidden sizes are the encoder's reversed. For "conv", `conv_channels` are
+    the stride-2 convolution widths and `hidden` the dense layers after them.
     """
 
+    family: str = "vae"
     architecture: Literal["mlp", "conv"] = "mlp"
     hidden: tuple[int, ...] = (200,)
     conv_channels: tuple[int, ...] = (32, 64)
@@ -84,6 +87,7 @@ class TrainConfig:
     batch_size: int = 64
     learning_rate: float = 1e-3
     lr_schedule: str = "constant"
+    optimizer: str = "adam"
     eval_batch_size: int = 1000
     devices: int = 1
     checkpoint_every: int = 10
@@ -122,10 +126,10 @@ def validate(config: TrainConfig) -> TrainConfig:
     _choice("activation", m.activation, ACTIVATIONS)
     _choice("posterior", m.posterior, POSTERIORS)
     _choice("likelihood", m.likelihood, LIKELIHOODS)
-    _choice("objective", config.objective, OBJECTIVES)
     _choice("binarization", config.binarization, BINARIZATIONS)
     _choice("estimator", config.estimator, ESTIMATORS)
     _choice("lr_schedule", config.lr_schedule, LR_SCHEDULES)
+    _choice("optimizer", config.optimizer, OPTIMIZERS)
     _require(m.latent_dim >= 1, f"latent size must be >= 1; got {m.latent_dim}")
     _require(all(h >= 1 for h in m.hidden + m.conv_channels), "layer widths must be >= 1")
     _require(m.posterior != "categorical" or m.num_categories >= 2,
@@ -148,8 +152,14 @@ def validate(config: TrainConfig) -> TrainConfig:
              "free bits need a diagonal posterior (they act per latent dimension)")
     _require(config.kl_target is None or config.kl_target >= 0, "kl_target must be >= 0")
     _require(config.temperature > 0 and config.min_temperature > 0, "temperatures must be > 0")
-    _require(config.objective != "iwae" or m.posterior != "categorical",
-             "the IWAE objective needs a Gaussian posterior")
+    if config.objective == "iwae":
+        _require(m.posterior != "categorical", "the IWAE objective needs a Gaussian posterior")
+        # The bound has no KL term of its own to weight, warm up or constrain.
+        for name, default in (("betas", (1.0,)), ("kl_warmup_epochs", 0), ("free_bits", 0.0),
+                              ("kl_target", None)):
+            _require(getattr(config, name) == default,
+                     f"the IWAE objective has no KL term to weight: {name} is for the ELBO "
+                     f"(got {getattr(config, name)!r})")
     _require(m.posterior == "categorical" or config.estimator == "gumbel_softmax",
              "the score-function estimator is for categorical latents")
     return config

@@ -1,5 +1,6 @@
 """Test-set evaluation of trained models: importance-sampled log p(x), active units,
-and a linear probe on the latent means."""
+and a linear probe on the latent means. Any model of the `vaejax.models.Model`
+contract is evaluated the same way: q from `encode`, p(z) from `prior`."""
 
 import functools
 
@@ -8,23 +9,20 @@ import jax.numpy as jnp
 import numpy as np
 
 import vaejax
-from vaejax.plots import posterior_code
 
 
-def _log_prior_fn(model):
-    if model.config.posterior == "categorical":
-        return vaejax.uniform_categorical_log_prob
-    return vaejax.standard_normal_log_prob
+def _variables(state):
+    return state.params, state.rest
 
 
 @functools.lru_cache(maxsize=8)
 def _compiled_estimator(trainer, num_samples: int, chunk_size: int):
     """One jitted estimator per (trainer, K, chunk), so repeated evaluations compile once."""
-    def estimate(params, x, key):
-        model = trainer.model(params)
+    def estimate(variables, x, key):
+        model = trainer.model(*variables)
         return vaejax.importance_log_likelihood(
-            key, x, model.encode(x), model.log_likelihood, num_samples,
-            chunk_size, _log_prior_fn(model))
+            key, x, model.encode(x), model.log_likelihood, num_samples, chunk_size,
+            model.prior.log_prob)
 
     return jax.jit(trainer.per_model(estimate, (0, None, None)))
 
@@ -51,45 +49,52 @@ def importance_log_likelihood(trainer, state, images: np.ndarray, *, num_samples
         x = images[start:start + batch_size]
         pad = batch_size - x.shape[0]  # one batch shape, one compilation
         x = np.concatenate([x, np.zeros((pad, *x.shape[1:]), x.dtype)]) if pad else x
-        values = estimate(state.params, jnp.asarray(x), jax.random.fold_in(key, i))
+        values = estimate(_variables(state), jnp.asarray(x), jax.random.fold_in(key, i))
         out.append(np.asarray(values)[:, :batch_size - pad])
     return np.concatenate(out, axis=1)
 
 
 @functools.lru_cache(maxsize=8)
 def _compiled_codes(trainer):
-    def codes(params, x):
-        code = posterior_code(trainer.model(params), x)
-        return code.reshape(*code.shape[:1], -1)
+    def codes(variables, x):
+        return trainer.model(*variables).encode(x).mean
 
     return jax.jit(trainer.per_model(codes, (0, None)))
 
 
 def latent_codes(trainer, state, images: np.ndarray, batch_size: int = 1000) -> np.ndarray:
-    """Posterior means (or argmax one-hots, flattened) of each image, shape (models, N, code)."""
+    """E_q[z|x] of each image, shape (models, N, *event): means, or category probabilities."""
     codes = _compiled_codes(trainer)
-    return np.concatenate([np.asarray(codes(state.params, jnp.asarray(images[i:i + batch_size])))
+    return np.concatenate([np.asarray(codes(_variables(state), jnp.asarray(images[i:i + batch_size])))
                            for i in range(0, images.shape[0], batch_size)], axis=1)
 
 
 def active_units(codes: np.ndarray, threshold: float = 0.01) -> np.ndarray:
-    """Latent dimensions with Cov_x(E_q[z|x]) > threshold (Burda et al. 2016), per model.
+    """Latent variables with Cov_x(E_q[z|x]) > threshold (Burda et al. 2016), per model.
+
+    A variable is one entry of the first event axis: a Gaussian dimension, or a
+    categorical variable, whose activity is the summed variance of its K
+    category probabilities (the trace of its covariance).
 
     Args:
-      codes: posterior means, shape (models, N, d).
+      codes: E_q[z|x], shape (models, N, d, ...).
       threshold: the variance above which a unit counts as active.
 
     Returns:
       counts, shape (models,).
     """
-    return np.sum(np.var(codes, axis=1) > threshold, axis=-1)
+    variance = np.var(codes, axis=1)
+    per_variable = variance.reshape(*variance.shape[:2], -1).sum(axis=-1)
+    return np.sum(per_variable > threshold, axis=-1)
 
 
 def linear_probe_accuracy(train_codes, train_labels, test_codes, test_labels) -> float:
-    """Test accuracy of a logistic regression fitted on the training codes."""
+    """Test accuracy of a logistic regression fitted on the (flattened) training codes."""
     from sklearn.linear_model import LogisticRegression
     from sklearn.preprocessing import StandardScaler
 
+    train_codes = np.reshape(train_codes, (len(train_codes), -1))
+    test_codes = np.reshape(test_codes, (len(test_codes), -1))
     scaler = StandardScaler().fit(train_codes)
     probe = LogisticRegression(max_iter=2000).fit(scaler.transform(train_codes), train_labels)
     return float(probe.score(scaler.transform(test_codes), test_labels))

@@ -19,9 +19,11 @@ Where the data live:
   (`<manual_dir>/mnist/train-images-idx3-ubyte.gz`, ...), or the data set's
   own folder.
 
-Static binarization (`load(..., binarization="static")`) thresholds the
-pixels once, at 0.5, giving a fixed binary data set. Dynamic binarization, a
-fresh Bernoulli draw per batch, belongs on the device in the training code.
+Binarization is defined here, once: "static" thresholds the pixels once, at
+0.5, giving a fixed binary data set; "dynamic" keeps the training images grey,
+draws fresh Bernoulli pixels for every training batch on the device
+(`binarize_batch`, called by the trainer), and binarizes the test split once
+with a fixed key so every run is scored on the same binary images.
 """
 
 from __future__ import annotations
@@ -41,7 +43,9 @@ KNOWN_DATASETS: tuple[str, ...] = (
 DIGITS_SEED = 0
 DIGITS_TEST_SIZE = 300
 
-BINARIZATIONS: tuple[str, ...] = ("none", "static")
+BINARIZATIONS: tuple[str, ...] = ("none", "static", "dynamic")
+# The key that binarizes the test split of a dynamic-binarization run, once.
+DYNAMIC_TEST_SEED = 20140101
 
 _MNIST_FILES = (
     "train-images-idx3-ubyte.gz",
@@ -177,12 +181,14 @@ def load(name: str, *, binarization: str = "none", data_dir: str | None = None,
     Args:
       name: one of KNOWN_DATASETS.
       binarization: "none" keeps grey levels in [0, 1]; "static" replaces each
-        pixel x by x > 0.5, once, for a fixed binary data set.
+        pixel x by x > 0.5, once, for a fixed binary data set; "dynamic" keeps
+        the training split grey (the trainer draws binary pixels per batch) and
+        binarizes the test split once with DYNAMIC_TEST_SEED.
       data_dir: the TFDS cache of prepared data, as in load_split.
       manual_dir: the folder of the data set's files, as in load_split.
 
     Returns:
-      the Dataset; is_binary is True for binarized_mnist or static binarization.
+      the Dataset; is_binary is True where every split is binary.
 
     Raises:
       DataError: for an unknown binarization, or as load_split.
@@ -193,8 +199,20 @@ def load(name: str, *, binarization: str = "none", data_dir: str | None = None,
     test = load_split(name, "test", data_dir=data_dir, manual_dir=manual_dir)
     if binarization == "static":
         train, test = _binarize(train), _binarize(test)
+    elif binarization == "dynamic":
+        import jax
+        draws = jax.random.bernoulli(jax.random.PRNGKey(DYNAMIC_TEST_SEED), test.images)
+        test = Split(np.asarray(draws, np.float32), test.labels)
     is_binary = name == "binarized_mnist" or binarization == "static"
     return Dataset(name, train, test, is_binary)
+
+
+def binarize_batch(key, x, binarization: str):
+    """A training batch as the model sees it: Bernoulli pixels under "dynamic", else x."""
+    if binarization != "dynamic":
+        return x
+    import jax
+    return jax.random.bernoulli(key, x).astype(x.dtype)
 
 
 def _check_name(name: str) -> None:
@@ -218,15 +236,9 @@ def _check_split(name: str, split: str) -> None:
 
 def _check_binarization(binarization: str) -> None:
     """Raises DataError unless binarization is one of BINARIZATIONS."""
-    if binarization in BINARIZATIONS:
-        return
-    hint = ""
-    if binarization == "dynamic":
-        hint = ("; dynamic binarization draws fresh pixels for each batch on the "
-                "device, in the training code, so load with binarization=\"none\"")
-    raise DataError(
-        f"binarization must be one of {', '.join(map(repr, BINARIZATIONS))}, "
-        f"got {binarization!r}{hint}")
+    if binarization not in BINARIZATIONS:
+        raise DataError(f"binarization must be one of {', '.join(map(repr, BINARIZATIONS))}, "
+                        f"got {binarization!r}")
 
 
 def _binarize(split: Split) -> Split:

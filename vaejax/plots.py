@@ -45,14 +45,6 @@ def save(fig, path: Path) -> None:
     os.replace(tmp, path)
 
 
-def posterior_code(model, x):
-    """A point code for x: the posterior mean, or the most likely category."""
-    q = model.encode(x)
-    if model.config.posterior == "categorical":
-        return jax.nn.one_hot(jnp.argmax(q.logits, axis=-1), q.logits.shape[-1])
-    return q.mean
-
-
 def _model_labels(trainer):
     return [f"seed {s}, β={b:g}" for s, b in trainer.replicas()]
 
@@ -63,12 +55,13 @@ def write_run_figures(workdir, trainer, state, test: np.ndarray, records: list[d
     workdir = Path(workdir)
     x = jnp.asarray(test[:num_images // 2])
 
-    def pictures(params):
-        model = trainer.model(params)
-        samples = model.mean_image(model.prior_sample(jax.random.PRNGKey(0), num_images))
-        return samples, model.mean_image(posterior_code(model, x))
+    def pictures(variables):
+        model = trainer.model(*variables)
+        samples = model.mean_image(model.prior.sample(jax.random.PRNGKey(0), num_images))
+        return samples, model.mean_image(model.encode(x).mode())
 
-    samples, recons = jax.device_get(jax.jit(trainer.per_model(pictures, (0,)))(state.params))
+    samples, recons = jax.device_get(jax.jit(trainer.per_model(pictures, (0,)))(
+        (state.params, state.rest)))
     labels = _model_labels(trainer)
     k = len(labels)
     fig, axes = subplots(1, k, figsize=(3.2 * k, 3.4))
@@ -114,9 +107,13 @@ def write_curves(path: Path, records: list[dict], labels: list[str]) -> None:
     save(fig, path)
 
 
-def _traversal_codes(model, base, steps: int):
-    """Codes varying one latent at a time around `base`: (dims, steps, *code)."""
-    if model.config.posterior == "categorical":
+def _traversal_codes(base, steps: int):
+    """Codes varying one latent at a time around `base`: (variables, steps, *code).
+
+    A vector code (d,) sweeps each of its first 10 entries over [−3, 3]; a
+    one-hot code (d, K) sets each variable to each of its K categories.
+    """
+    if base.ndim == 2:
         d, k = base.shape
         eye = jnp.eye(k)
         return jnp.stack([jnp.stack([base.at[j].set(eye[c]) for c in range(k)]) for j in range(d)])
@@ -129,14 +126,13 @@ def write_sample_figures(outdir, trainer, state, test: np.ndarray, model_index: 
                          seed: int = 0, steps: int = 9) -> list[Path]:
     """samples.png, interpolations.png and traversals.png of one model; returns the paths."""
     outdir = Path(outdir)
-    params = jax.tree.map(lambda p: p[model_index], state.params)
-    model = trainer.model(params)
+    model = trainer.models(state)[model_index]
     key = jax.random.PRNGKey(seed)
-    samples = model.mean_image(model.prior_sample(key, 64))
-    codes = posterior_code(model, jnp.asarray(test[:16]))
+    samples = model.mean_image(model.prior.sample(key, 64))
+    codes = model.encode(jnp.asarray(test[:16])).mode()
     t = jnp.linspace(0.0, 1.0, steps).reshape(-1, *([1] * (codes.ndim - 1)))
     interpolations = model.mean_image((1 - t) * codes[0:8:2][:, None] + t * codes[1:8:2][:, None])
-    traversals = model.mean_image(_traversal_codes(model, codes[0], steps))
+    traversals = model.mean_image(_traversal_codes(codes[0], steps))
     label = _model_labels(trainer)[model_index]
     paths = []
     for name, images, cols, title in (

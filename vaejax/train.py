@@ -1,6 +1,9 @@
-"""train_and_evaluate: one run folder from a config — data, training, checkpoints, metrics, figures.
+"""train_and_evaluate: one run folder from a config — data, training, checkpoints, metrics,
+figures — for the stock model or any model, objective and optimizer; `load_run` brings
+the trained models back into Python.
 
-The run folder holds config.json, metrics.jsonl (one line per epoch per model),
+The run folder holds config.json, data.json (image shape and split sizes, so a
+run loads without its data), metrics.jsonl (one line per epoch per model),
 summary.json, samples.png, reconstructions.png, curves.png and checkpoints/.
 """
 
@@ -15,14 +18,11 @@ from typing import NamedTuple
 import jax
 import numpy as np
 
-from vaejax import input_pipeline
+from vaejax import input_pipeline, models, objectives
 from vaejax.checkpoints import Checkpointer
 from vaejax.config import ConfigError, TrainConfig, validate
-from vaejax.trainer import Trainer
-
-# A fixed key binarizes the test set once, so every dynamic-binarization run
-# is scored on the same binary test images.
-_TEST_BINARIZATION_SEED = 20140101
+from vaejax.objectives import Batch
+from vaejax.trainer import Trainer, TrainState
 
 
 class RunError(ValueError):
@@ -46,6 +46,14 @@ def read_config(workdir) -> TrainConfig:
     if not path.exists():
         raise RunError(f"{workdir} holds no run (no config.json)")
     return TrainConfig.from_dict(json.loads(path.read_text()))
+
+
+def read_data_info(workdir) -> dict:
+    """data.json: image_shape, num_train, num_test and has_labels of the run's data."""
+    path = Path(workdir) / "data.json"
+    if not path.exists():
+        raise RunError(f"{workdir} holds no data.json (a run written by an older vaejax)")
+    return json.loads(path.read_text())
 
 
 def read_metrics(workdir) -> list[dict]:
@@ -73,6 +81,35 @@ def _check_workdir(workdir: Path, config: TrainConfig, resume: bool) -> None:
     if changed:
         raise RunError(f"cannot resume {workdir} with another config (differs in: "
                        f"{', '.join(changed)}); only --epochs may change")
+    if config.epochs != stored.epochs and config.lr_schedule == "cosine":
+        # The decay is planned over the run's epochs: changing them would change
+        # the learning rate of steps already taken in the unbroken run.
+        raise RunError(f"cannot change the epochs of {workdir} on resume: its cosine learning-rate "
+                       f"schedule decays over {stored.epochs} epochs; start a new run with "
+                       "--init-from to train on")
+    checkpointer = Checkpointer(str(workdir / "checkpoints"))
+    done = checkpointer.latest_epoch()
+    checkpointer.close()
+    if done is not None and config.epochs < done:
+        raise RunError(f"{workdir} has trained {done} epochs; --epochs {config.epochs} would "
+                       "label the later model with an earlier epoch")
+
+
+def recorded_config(config: TrainConfig, model_fn=None, objective=None, optimizer=None
+                    ) -> TrainConfig:
+    """The config as config.json records it: "custom" where a Python object replaced a default.
+
+    A run trained with `model_fn` keeps a family the config names, but not the
+    default "vae", which would rebuild the stock model; likewise for the objective.
+    """
+    changes = {}
+    if model_fn is not None and config.model.family == "vae":
+        changes["model"] = dataclasses.replace(config.model, family=models.CUSTOM)
+    if objective is not None and config.objective == "elbo":
+        changes["objective"] = objectives.CUSTOM
+    if optimizer is not None:
+        changes["optimizer"] = "custom"
+    return dataclasses.replace(config, **changes)
 
 
 class RunData(NamedTuple):
@@ -83,20 +120,18 @@ class RunData(NamedTuple):
     train_labels: np.ndarray | None
     test_labels: np.ndarray | None
 
+    def train_batch(self) -> Batch:
+        return Batch(self.train, self.train_labels)
+
 
 def prepare_data(config: TrainConfig, data_dir=None, manual_dir=None) -> RunData:
-    """Loads the data set and checks it against the config."""
-    binarization = "static" if config.binarization == "static" else "none"
-    data = input_pipeline.load(config.dataset, binarization=binarization,
+    """Loads the data set, binarized as the config says, and checks it against the config."""
+    data = input_pipeline.load(config.dataset, binarization=config.binarization,
                                data_dir=data_dir, manual_dir=manual_dir)
-    train, test = data.train.images, data.test.images
-    if config.batch_size > train.shape[0]:
+    if config.batch_size > data.train.images.shape[0]:
         raise ConfigError(f"batch size {config.batch_size} is larger than the "
-                          f"{train.shape[0]} training examples of {config.dataset}")
-    if config.binarization == "dynamic":
-        key = jax.random.PRNGKey(_TEST_BINARIZATION_SEED)
-        test = np.asarray(jax.random.bernoulli(key, test), np.float32)
-    return RunData(train, test, data.train.labels, data.test.labels)
+                          f"{data.train.images.shape[0]} training examples of {config.dataset}")
+    return RunData(data.train.images, data.test.images, data.train.labels, data.test.labels)
 
 
 def _check_devices(config: TrainConfig) -> None:
@@ -114,8 +149,7 @@ def _epoch_records(trainer, epoch, train_metrics, test_metrics, examples_per_sec
         train = {k: float(np.mean(v[i])) for k, v in train_metrics.items()}
         records.append({
             "epoch": epoch, "model": i, "seed": seed, "beta": beta,
-            "beta_in_use": train["beta"], "train_elbo": train["elbo"], "train_loss": train["loss"],
-            "train_rate": train["rate"], "train_distortion": train["distortion"],
+            "beta_in_use": train.pop("beta"), **{f"train_{k}": v for k, v in train.items()},
             "test_elbo": float(test_metrics["elbo"][i]), "rate": float(test_metrics["rate"][i]),
             "distortion": float(test_metrics["distortion"][i]),
             "examples_per_second": examples_per_second, "epoch_seconds": seconds,
@@ -130,11 +164,11 @@ def _summary(config, trainer, records, epochs_done):
     wall_seconds = sum(r["epoch_seconds"] for r in first_model)
     # A median: the epochs that include compilation (the first of each process) barely move it.
     speeds = [r["examples_per_second"] for r in first_model]
-    models = [{k: r[k] for k in ("model", "seed", "beta", "beta_in_use", "test_elbo", "rate",
-                                 "distortion", "train_elbo")} for r in last]
+    models_ = [{k: r[k] for k in ("model", "seed", "beta", "beta_in_use", "test_elbo", "rate",
+                                  "distortion", "train_elbo") if k in r} for r in last]
     summary = {
-        "dataset": config.dataset, "epochs": epochs_done, "num_models": len(models),
-        "wall_seconds": wall_seconds, "models": models,
+        "dataset": config.dataset, "epochs": epochs_done, "num_models": len(models_),
+        "wall_seconds": wall_seconds, "models": models_,
         "train_examples_per_second": statistics.median(speeds[1:] or speeds) if speeds else None,
     }
     _lift(summary, ("test_elbo", "rate", "distortion"))
@@ -168,7 +202,8 @@ def update_summary(workdir, per_model: dict[str, list], extra: dict) -> dict:
     return summary
 
 
-def train_and_evaluate(config: TrainConfig, workdir, *, resume: bool = False, data_dir=None,
+def train_and_evaluate(config: TrainConfig, workdir, *, model_fn=None, objective=None,
+                       optimizer=None, schedules=None, resume: bool = False, data_dir=None,
                        manual_dir=None, progress: bool = True, stepwise: bool = False) -> dict:
     """Trains the config's models, writes the run folder, returns the summary.
 
@@ -179,7 +214,16 @@ def train_and_evaluate(config: TrainConfig, workdir, *, resume: bool = False, da
     Args:
       config: the run's TrainConfig.
       workdir: the run folder.
-      resume: continue the run in workdir (only `epochs` may differ).
+      model_fn: `(image_shape, rngs) -> model` (see `vaejax.models.Model`); default:
+        the family config.model names. config.json records family "custom" unless
+        the config names a registered family.
+      objective: `(model, batch, key, hyper) -> (loss, metrics)`; default: the
+        objective config.objective names (recorded as "custom" otherwise).
+      optimizer: an optax.GradientTransformation in place of Adam at
+        config.learning_rate and lr_schedule (recorded as optimizer "custom").
+      schedules: `vaejax.schedules` in place of those the config asks for.
+      resume: continue the run in workdir (only `epochs` may differ); pass the
+        same model_fn, objective, optimizer and schedules again.
       data_dir: TFDS's prepared-data cache.
       manual_dir: folder holding the TFDS download files, one sub-folder per data set.
       progress: show a progress bar.
@@ -188,18 +232,23 @@ def train_and_evaluate(config: TrainConfig, workdir, *, resume: bool = False, da
     Returns:
       the contents of summary.json.
     """
-    validate(config)
+    config = recorded_config(validate(config), model_fn, objective, optimizer)
     workdir = Path(workdir)
     _check_devices(config)
     _check_workdir(workdir, config, resume)
-    train, test, _, _ = prepare_data(config, data_dir, manual_dir)
-    trainer = Trainer(config, train.shape[1:], train.shape[0])
+    data = prepare_data(config, data_dir, manual_dir)
+    train, test = data.train, data.test
+    trainer = Trainer(config, train.shape[1:], train.shape[0], model_fn=model_fn,
+                      objective=objective, optimizer=optimizer, schedules=schedules)
     state, start = trainer.init(), 0
     if config.init_from is not None:
         state = state._replace(params=trainer.place(initial_params(config, trainer)))
 
     workdir.mkdir(parents=True, exist_ok=True)
     write_json(workdir / "config.json", json.loads(config.to_json()))
+    write_json(workdir / "data.json", {"image_shape": list(train.shape[1:]),
+                                       "num_train": train.shape[0], "num_test": test.shape[0],
+                                       "has_labels": data.train_labels is not None})
     checkpointer = Checkpointer(str(workdir / "checkpoints"))
     records = []
     if resume and checkpointer.latest_epoch() is not None:
@@ -208,14 +257,15 @@ def train_and_evaluate(config: TrainConfig, workdir, *, resume: bool = False, da
         records = [r for r in read_metrics(workdir) if r["epoch"] <= start]
     (workdir / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
 
-    train_device, test_device = trainer.place(train), trainer.place(test)
+    train_batch = data.train_batch()
+    train_device, test_device = trainer.place(train_batch), trainer.place(test)
     bar = _progress(range(start, config.epochs), progress)
     examples = config.num_models * trainer.steps_per_epoch * config.batch_size
     with open(workdir / "metrics.jsonl", "a") as metrics_file:
         for epoch in bar:
             tic = time.perf_counter()
             if stepwise:
-                new_state, metrics = trainer.train_epoch_stepwise(state, train, epoch)
+                new_state, metrics = trainer.train_epoch_stepwise(state, train_batch, epoch)
             else:
                 new_state, metrics = trainer.train_epoch(state, train_device, epoch)
             metrics = jax.device_get(metrics)
@@ -246,8 +296,8 @@ def initial_params(config: TrainConfig, trainer: Trainer):
     """The latest parameters of the run in `config.init_from`, one copy per model of `config`.
 
     A source run with one model starts every model of a sweep; otherwise the
-    numbers of models must agree. Only parameters are taken: the optimiser,
-    step count and schedules start afresh.
+    numbers of models must agree. Only parameters are taken, matched by name:
+    the optimiser, step count, schedules and other model state start afresh.
     """
     source = Path(config.init_from)
     source_config = read_config(source)
@@ -263,10 +313,9 @@ def initial_params(config: TrainConfig, trainer: Trainer):
     if epoch is None:
         checkpointer.close()
         raise RunError(f"cannot start from {source}: it holds no checkpoint")
-    like = Trainer(dataclasses.replace(source_config, devices=1), trainer.image_shape,
-                   source_config.batch_size).init()
+    like = jax.tree.map(lambda p: np.zeros((k_source, *p.shape[1:]), p.dtype), trainer.init().params)
     try:
-        params = checkpointer.restore(epoch, like).params
+        params = checkpointer.restore(epoch, like, part="params")
     except ValueError as error:
         raise RunError(f"cannot start from {source}: {error} (trained on other images?)") from None
     finally:
@@ -292,15 +341,71 @@ def _progress(epochs, enabled):
     return tqdm(epochs, desc="epochs", unit="epoch")
 
 
-def load_run(workdir, data_dir=None, manual_dir=None):
-    """(config, trainer, state, RunData) of a run folder, at its latest checkpoint."""
+class Run(NamedTuple):
+    """A trained run brought back into Python.
+
+    Attributes:
+      config: the run's TrainConfig.
+      models: one model per seed × β (`config.seeds` outer, `config.betas` inner),
+        in evaluation mode: `encode`, `decode`, `log_likelihood`, `prior.sample`, ...
+      metrics: the metrics.jsonl records.
+      summary: summary.json, or None for a run that has not finished.
+      epoch: the epoch of the restored checkpoint.
+      trainer: the run's Trainer (its compiled functions, `replicas()`).
+      state: the stacked TrainState at that epoch.
+    """
+
+    config: TrainConfig
+    models: list
+    metrics: list[dict]
+    summary: dict | None
+    epoch: int
+    trainer: Trainer
+    state: TrainState
+
+    @property
+    def model(self):
+        """The first model (the only one of a one-model run)."""
+        return self.models[0]
+
+
+def _needs_objective(*args):
+    raise ValueError("this run's objective was given in Python: pass objective= to load_run "
+                     "to train it further")
+
+
+def load_run(workdir, model_fn=None, *, objective=None, optimizer=None) -> Run:
+    """The trained models of a run folder at its latest checkpoint, without its data.
+
+    A built-in (or registered) family is rebuilt from config.json; a run trained
+    with a `model_fn` needs it again. `objective` and `optimizer` matter only to
+    train on with `run.trainer`: a run trained with a custom optimizer that is
+    not passed again comes back with `state.opt_state` None.
+    """
+    workdir = Path(workdir)
     config = read_config(workdir)
-    data = prepare_data(config, data_dir, manual_dir)
-    trainer = Trainer(config, data.train.shape[1:], data.train.shape[0])
-    checkpointer = Checkpointer(str(Path(workdir) / "checkpoints"))
+    info = read_data_info(workdir)
+    if config.model.family == models.CUSTOM and model_fn is None:
+        raise RunError(f"{workdir} was trained with a model_fn given in Python: pass it to "
+                       "load_run (or register it with vaejax.models.register)")
+    if config.objective == objectives.CUSTOM and objective is None:
+        objective = _needs_objective
+    trainer = Trainer(dataclasses.replace(config, devices=1), info["image_shape"],
+                      info["num_train"], model_fn=model_fn, objective=objective, optimizer=optimizer)
+    checkpointer = Checkpointer(str(workdir / "checkpoints"))
     epoch = checkpointer.latest_epoch()
     if epoch is None:
+        checkpointer.close()
         raise RunError(f"{workdir} holds no checkpoint")
-    state = trainer.place(checkpointer.restore(epoch, trainer.init()))
-    checkpointer.close()
-    return config, trainer, state, data
+    like = trainer.init()
+    skip = {"opt_state"} if config.optimizer == "custom" and optimizer is None else set()
+    try:
+        parts = {f: None if f in skip else checkpointer.restore(epoch, getattr(like, f), part=f)
+                 for f in TrainState._fields}
+    except ValueError as error:
+        raise RunError(f"cannot load {workdir}: {error}") from None
+    finally:
+        checkpointer.close()
+    state = trainer.place(TrainState(**parts))
+    summary = read_summary(workdir) if (workdir / "summary.json").exists() else None
+    return Run(config, trainer.models(state), read_metrics(workdir), summary, epoch, trainer, state)

@@ -1,9 +1,13 @@
-"""Compiled training: pure step, whole-epoch `lax.scan`, vmap over models, sharding.
+"""Compiled training of any model: pure step, whole-epoch `lax.scan`, vmap over models, sharding.
 
 All functions act on a `TrainState` whose leaves carry a leading model axis
 (one entry per seed × β), so K models train in one XLA program. The data set
 lives on the device; each epoch draws its permutation there and scans over the
 batches, so no Python runs per step and no batch crosses from the host.
+
+The model, objective, optimizer and schedules are arguments (see
+`vaejax.models.Model`, `vaejax.objectives.Objective`, `vaejax.schedules`); by
+default they are built from the config.
 """
 
 from typing import Any, NamedTuple
@@ -15,50 +19,72 @@ import optax
 from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec
 
-from vaejax import losses
+from vaejax import models, objectives, schedules as schedules_lib
 from vaejax.config import TrainConfig
-from vaejax.models import VAE
-
-# Fold-in tags that give the init, training and evaluation streams of a seed.
-_TRAIN_STREAM, _EVAL_STREAM = 1, 2
+from vaejax.input_pipeline import binarize_batch
+from vaejax.objectives import Batch, as_batch
 
 
 class TrainState(NamedTuple):
     """One model's training state; stacked along a leading axis for K models."""
 
     params: nnx.State
+    rest: nnx.State  # the model's other state (batch statistics, codebooks), not trained by grad
     opt_state: Any
-    beta: jax.Array  # β in use: fixed, or the Lagrange multiplier when kl_target is set
+    hyper: dict  # carried schedule values: {"beta": β, or the multiplier under KL ≤ δ}
     step: jax.Array
-    key: jax.Array  # the seed's raw PRNG key; epochs fold their index into it
+    key: jax.Array  # the seed's PRNG key; `streams` derives init, training and evaluation keys
+
+
+def streams(key: jax.Array):
+    """(init, train, eval) keys of a seed's key: split, so no stream repeats another's keys.
+
+    `nnx.Rngs(k)` draws fold_in(k, 0), fold_in(k, 1), ...; folding tags into the
+    seed's own key would have made the training stream one of the init keys.
+    """
+    return tuple(jax.random.split(key, 3))
 
 
 class Trainer:
-    """The compiled functions of one config, for images of one shape.
+    """The compiled functions of one run, for images of one shape.
 
     Args:
       config: a validated TrainConfig.
       image_shape: (H, W, C).
       num_train: training-set size; epochs use its first ⌊N/B⌋·B permuted examples.
+      model_fn: `(image_shape, rngs) -> model`; default: the config's family.
+      objective: `(model, batch, key, hyper) -> (loss, metrics)`; default: config.objective.
+      optimizer: an optax.GradientTransformation; default: Adam at the config's
+        learning rate and schedule.
+      schedules: the `vaejax.schedules` to apply; default: those the config asks for.
     """
 
-    def __init__(self, config: TrainConfig, image_shape, num_train: int):
+    def __init__(self, config: TrainConfig, image_shape, num_train: int, *, model_fn=None,
+                 objective=None, optimizer=None, schedules=None):
         self.config = config
         self.image_shape = tuple(image_shape)
         self.steps_per_epoch = num_train // config.batch_size
-        abstract = nnx.eval_shape(lambda: VAE(self.image_shape, config.model, rngs=nnx.Rngs(0)))
-        self.graphdef = nnx.split(abstract)[0]
-        learning_rate = config.learning_rate
-        if config.lr_schedule == "cosine":  # decays to 0 over the run's epochs
-            learning_rate = optax.cosine_decay_schedule(
-                config.learning_rate, config.epochs * self.steps_per_epoch)
-        self.tx = optax.adam(learning_rate)
+        self.model_fn = model_fn or models.model_fn(config.model)
+        self.objective = objective or objectives.from_config(config)
+        self.schedules = (schedules_lib.from_config(config, self.steps_per_epoch)
+                          if schedules is None else list(schedules))
+        self.tx = optax.adam(self._learning_rate()) if optimizer is None else optimizer
+        abstract = nnx.eval_shape(lambda: self.model_fn(self.image_shape, nnx.Rngs(0)))
+        self.graphdef = nnx.split(abstract, nnx.Param, ...)[0]
+        abstract.eval()  # batch norm on its running statistics, no dropout
+        self.eval_graphdef = nnx.split(abstract, nnx.Param, ...)[0]
         self.mesh = None
         if config.devices > 1:
             self.mesh = jax.sharding.Mesh(np.array(jax.devices()[:config.devices]), ("data",))
         self.train_epoch = jax.jit(self.per_model(self._epoch, (0, None, None)), donate_argnums=0)
         self.train_step = jax.jit(self.per_model(self._step, (0, 0, 0)), donate_argnums=0)
         self.evaluate = jax.jit(self.per_model(self._evaluate, (0, None, None)))
+
+    def _learning_rate(self):
+        c = self.config
+        if c.lr_schedule == "cosine":  # decays to 0 over the run's epochs
+            return optax.cosine_decay_schedule(c.learning_rate, c.epochs * self.steps_per_epoch)
+        return c.learning_rate
 
     def per_model(self, fn, in_axes):
         """fn mapped over the model axis of the arguments whose entry in in_axes is 0."""
@@ -82,10 +108,11 @@ class Trainer:
         """Fresh states for all models, stacked along the model axis."""
         states = []
         for seed, beta in self.replicas():
-            model = VAE(self.image_shape, self.config.model, rngs=nnx.Rngs(seed))
-            params = nnx.state(model, nnx.Param)
-            states.append(TrainState(params, self.tx.init(params), jnp.float32(beta),
-                                     jnp.int32(0), jax.random.PRNGKey(seed)))
+            key = jax.random.PRNGKey(seed)
+            model = self.model_fn(self.image_shape, nnx.Rngs(streams(key)[0]))
+            _, params, rest = nnx.split(model, nnx.Param, ...)
+            states.append(TrainState(params, rest, self.tx.init(params), {"beta": jnp.float32(beta)},
+                                     jnp.int32(0), key))
         return self.place(jax.tree.map(lambda *xs: jnp.stack(xs), *states))
 
     def place(self, tree):
@@ -94,86 +121,93 @@ class Trainer:
             return jax.device_put(tree)
         return jax.device_put(tree, NamedSharding(self.mesh, PartitionSpec()))
 
-    def model(self, params) -> VAE:
-        return nnx.merge(self.graphdef, params)
+    def model(self, params, rest):
+        """One model in evaluation mode from its (unstacked) parameters and other state."""
+        return nnx.merge(self.eval_graphdef, params, rest)
 
-    def _schedules(self, state: TrainState):
-        c = self.config
-        beta = state.beta
-        if c.kl_warmup_epochs:
-            warmup_steps = c.kl_warmup_epochs * self.steps_per_epoch
-            beta = beta * jnp.minimum(1.0, (state.step + 1) / warmup_steps)
-        temperature = jnp.maximum(c.min_temperature,
-                                  c.temperature * jnp.exp(-c.temperature_decay * state.step))
-        return beta, temperature
+    def models(self, state: TrainState) -> list:
+        """Every model of a stacked state, in evaluation mode, as Python objects."""
+        return [self.model(*jax.tree.map(lambda t: t[i], (state.params, state.rest)))
+                for i in range(self.config.num_models)]
 
-    def _step(self, state: TrainState, x, key):
-        """One optimiser step of one model on batch x (B, H, W, C)."""
-        c = self.config
+    def _hyper(self, state: TrainState):
+        hyper = state.hyper
+        for schedule in self.schedules:
+            hyper = schedule(hyper, state.step)
+        return hyper
+
+    def _step(self, state: TrainState, data, key):
+        """One optimiser step of one model on a batch (B, H, W, C) or Batch."""
+        batch = as_batch(data)
         if self.mesh is not None:
-            x = jax.lax.with_sharding_constraint(x, NamedSharding(self.mesh, PartitionSpec("data")))
+            batch = jax.tree.map(lambda t: jax.lax.with_sharding_constraint(
+                t, NamedSharding(self.mesh, PartitionSpec("data"))), batch)
         binarize_key, loss_key = jax.random.split(key)
-        if c.binarization == "dynamic":
-            x = jax.random.bernoulli(binarize_key, x).astype(x.dtype)
-        beta, temperature = self._schedules(state)
+        batch = batch._replace(x=binarize_batch(binarize_key, batch.x, self.config.binarization))
+        hyper = self._hyper(state)
 
         def loss_fn(params):
-            return losses.train_loss(self.model(params), x, loss_key, c, beta, temperature)
+            model = nnx.merge(self.graphdef, params, state.rest)
+            loss, metrics = self.objective(model, batch, loss_key, hyper)
+            return loss, (metrics, nnx.split(model, nnx.Param, ...)[2])
 
-        (loss, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+        (loss, (metrics, rest)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
         updates, opt_state = self.tx.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
-        new_beta = state.beta
-        if c.kl_target is not None:
-            # Dual ascent on the Lagrangian of max E[log p(x|z)] s.t. KL ≤ δ.
-            new_beta = jnp.maximum(0.0, state.beta + c.dual_learning_rate * (metrics["rate"] - c.kl_target))
-        metrics = dict(metrics, loss=loss, beta=beta)
-        return TrainState(params, opt_state, new_beta, state.step + 1, state.key), metrics
+        carried = state.hyper
+        for schedule in self.schedules:
+            carried = schedule.update(carried, state.step, metrics)
+        metrics = dict(metrics, loss=loss, beta=hyper["beta"])
+        return TrainState(params, rest, opt_state, carried, state.step + 1, state.key), metrics
 
     def batch_plan(self, key, num_examples: int, epoch):
         """An epoch's batches as index rows (steps, B) and one PRNG key per step."""
-        perm_key, step_key = jax.random.split(
-            jax.random.fold_in(jax.random.fold_in(key, _TRAIN_STREAM), epoch))
+        perm_key, step_key = jax.random.split(jax.random.fold_in(streams(key)[1], epoch))
         n, b = self.steps_per_epoch, self.config.batch_size
         rows = jax.random.permutation(perm_key, num_examples)[:n * b].reshape(n, b)
         return rows, jax.random.split(step_key, n)
 
     def _epoch(self, state: TrainState, data, epoch):
         """A whole epoch of one model as one scan over on-device batches."""
+        data = as_batch(data)
+
         def body(state, plan):
             rows, key = plan
-            return self._step(state, data[rows], key)
+            return self._step(state, jax.tree.map(lambda t: t[rows], data), key)
 
-        return jax.lax.scan(body, state, self.batch_plan(state.key, data.shape[0], epoch))
+        return jax.lax.scan(body, state, self.batch_plan(state.key, data.x.shape[0], epoch))
 
-    def train_epoch_stepwise(self, state: TrainState, images: np.ndarray, epoch: int):
+    def train_epoch_stepwise(self, state: TrainState, data, epoch: int):
         """The same epoch as `train_epoch`, one jitted step per host batch.
 
         For data too large for the device: each batch is copied from host memory.
         """
+        data = as_batch(data)
         plan = jax.vmap(self.batch_plan, in_axes=(0, None, None))
-        order, keys = plan(state.key, images.shape[0], epoch)
+        order, keys = plan(state.key, data.x.shape[0], epoch)
         order = np.asarray(order)
         history = []
         for i in range(self.steps_per_epoch):
-            state, metrics = self.train_step(state, self.place(images[order[:, i]]), keys[:, i])
+            batch = self.place(jax.tree.map(lambda t: np.asarray(t)[order[:, i]], data))
+            state, metrics = self.train_step(state, batch, keys[:, i])
             history.append(metrics)
         return state, jax.tree.map(lambda *xs: jnp.stack(xs, axis=1), *history)
 
     def _evaluate(self, state: TrainState, data, epoch):
         """Test-set means of ELBO, rate, distortion for one model (padded batches, masked)."""
+        data = as_batch(data).x
         size = self.config.eval_batch_size
         n = data.shape[0]
         batches = -(-n // size)
         padded = jnp.concatenate([data, jnp.zeros((batches * size - n, *data.shape[1:]), data.dtype)])
         mask = (jnp.arange(batches * size) < n).reshape(batches, size)
-        keys = jax.random.split(jax.random.fold_in(jax.random.fold_in(state.key, _EVAL_STREAM), epoch),
-                                batches)
-        model = self.model(state.params)
+        keys = jax.random.split(jax.random.fold_in(streams(state.key)[2], epoch), batches)
+        model = self.model(state.params, state.rest)
 
         def batch_terms(args):
             x, key, m = args
-            return jax.tree.map(lambda t: jnp.sum(t * m), losses.eval_terms(model, x, key))
+            terms = objectives.eval_terms(model, x, key)
+            return jax.tree.map(lambda t: jnp.sum(t * m), (terms.elbo, terms.kl, terms.distortion))
 
         sums = jax.lax.map(batch_terms, (padded.reshape(batches, size, *data.shape[1:]), keys, mask))
         elbo, rate, distortion = (jnp.sum(s) / n for s in sums)

@@ -30,7 +30,7 @@ def test_encode_decode_shapes(shape, architecture, posterior):
     assert z.shape[:2] == (2, 5)
     assert model.decode(z).shape == (2, 5, *shape)
     assert model.log_likelihood(z, x).shape == (2, 5)
-    assert model.mean_image(model.prior_sample(jax.random.key(2), 6)).shape == (6, *shape)
+    assert model.mean_image(model.prior.sample(jax.random.key(2), 6)).shape == (6, *shape)
 
 
 def test_cholesky_head_has_positive_diagonal():

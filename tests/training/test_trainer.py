@@ -117,13 +117,13 @@ def test_dual_ascent_meets_the_rate_constraint(small_config):
         state, metrics = trainer.train_epoch(state, device_train, epoch)
         rates.append(float(np.mean(metrics["rate"])))
     assert abs(np.mean(rates[-5:]) - 2.0) < 0.5, rates[-5:]
-    assert float(state.beta[0]) != 1.0
+    assert float(state.hyper["beta"][0]) != 1.0
 
 
 def test_free_bits_keep_every_dimension_in_use(small_config):
     """With free bits λ, each latent dimension's batch-mean KL stays near or above λ."""
     config = dataclasses.replace(small_config, free_bits=1.0, betas=(4.0,), batch_size=50)
     trainer, state, data = _fit(config, 15)
-    q = trainer.model(jax.tree.map(lambda p: p[0], state.params)).encode(data.test)
+    q = trainer.models(state)[0].encode(data.test)
     per_dim = 0.5 * np.mean(q.mean**2 + np.exp(q.log_var) - q.log_var - 1, axis=0)
     assert np.all(per_dim > 0.5), per_dim

@@ -150,5 +150,19 @@ class Categorical(NamedTuple):
         one_hot = self.sample(key, num_samples)
         return one_hot, self.log_prob(one_hot)
 
+    @property
+    def mean(self):
+        """E_q[z]: the category probabilities, shape (..., d, K)."""
+        return jax.nn.softmax(self.logits, axis=-1)
+
+    def mode(self):
+        """The most likely category of each variable, one-hot."""
+        return jax.nn.one_hot(jnp.argmax(self.logits, axis=-1), self.logits.shape[-1],
+                              dtype=self.logits.dtype)
+
+    def entropy(self):
+        log_q = jax.nn.log_softmax(self.logits, axis=-1)
+        return -jnp.sum(jnp.exp(log_q) * log_q, axis=(-2, -1))
+
     def kl_uniform(self):
         return jnp.sum(kl_categorical(self.logits, jnp.zeros_like(self.logits)), axis=-1)

@@ -1,6 +1,7 @@
 """The ELBO in its equivalent forms, the IWAE bound and importance-sampled log p(x).
 
-The prior is N(0, I) unless a `log_prior_fn` is given. `log_likelihood_fn(z, x)`
+The prior is N(0, I) unless a `prior` (or, for the importance weights, a
+`log_prior_fn`) is given. `log_likelihood_fn(z, x)`
 is the decoder's log p(x|z): z has shape (num_samples, *batch, *latent) and the
 result (num_samples, *batch).
 """
@@ -13,10 +14,10 @@ import jax.numpy as jnp
 from jax.typing import ArrayLike
 
 from vaejax.core import gaussian
-from vaejax.core.discrete import Categorical
-from vaejax.core.posteriors import CholeskyGaussian, DiagonalGaussian
+from vaejax.core.divergences import closed_form_kl
+from vaejax.core.posteriors import Posterior
+from vaejax.core.priors import Prior, StandardNormal
 
-Posterior = DiagonalGaussian | CholeskyGaussian
 LogLikelihoodFn = Callable[[jax.Array, jax.Array], jax.Array]
 LogPriorFn = Callable[[jax.Array], jax.Array]
 
@@ -54,21 +55,24 @@ def check_beta(beta) -> None:
 
 
 def elbo(key: jax.Array, x: ArrayLike, posterior: Posterior,
-         log_likelihood_fn: LogLikelihoodFn, *, num_samples: int = 1,
-         beta: float | jax.Array = 1.0,
+         log_likelihood_fn: LogLikelihoodFn, *, prior: Prior | None = None,
+         num_samples: int = 1, beta: float | jax.Array = 1.0,
          form: Literal["analytic", "monte_carlo", "entropy"] = "analytic") -> ElboTerms:
     """ELBO(x) = E_q[log p(x|z)] − KL(q(z|x)‖p(z)) with z = reparameterized draws.
 
     Three estimators of the same quantity, unbiased for it:
-      "analytic":    mean_s log p(x|z_s) − KL (closed form);
+      "analytic":    mean_s log p(x|z_s) − KL, the KL registered for the pair
+                     (posterior, prior) (`vaejax.register_kl`); where none is,
+                     its Monte Carlo estimate on the same draws;
       "monte_carlo": mean_s [log p(x|z_s) + log p(z_s) − log q(z_s|x)];
       "entropy":     mean_s [log p(x|z_s) + log p(z_s)] + H[q] (closed-form entropy).
 
     Args:
       key: a PRNG key for the draws z_s ~ q(z|x).
       x: the batch, shape (*batch, *event).
-      posterior: q(z|x), a DiagonalGaussian or CholeskyGaussian with batch shape `batch`.
+      posterior: q(z|x) with batch shape `batch` (see `vaejax.Posterior`).
       log_likelihood_fn: (z, x) ↦ log p(x|z), see the module docstring.
+      prior: p(z); N(0, I) by default.
       num_samples: draws per example.
       beta: weight of the KL in `loss` (β-VAE); β = 1 is the negative ELBO.
       form: which estimator of the KL part.
@@ -81,20 +85,22 @@ def elbo(key: jax.Array, x: ArrayLike, posterior: Posterior,
       Higgins et al., β-VAE, ICLR 2017.
     """
     check_beta(beta)
+    if form not in ("analytic", "monte_carlo", "entropy"):
+        raise ValueError(f"form must be 'analytic', 'monte_carlo' or 'entropy', got {form!r}")
+    prior = StandardNormal(jnp.shape(posterior.mean)[-1]) if prior is None else prior
     z, log_q = posterior.sample_and_log_prob(key, num_samples)
     log_lik = jnp.mean(log_likelihood_fn(z, jnp.asarray(x)), axis=0)
-    if form == "analytic":
-        kl = posterior.kl_standard_normal()
-    elif form == "monte_carlo":
-        kl = jnp.mean(log_q - gaussian.standard_normal_log_prob(z), axis=0)
+    exact = closed_form_kl(posterior, prior) if form == "analytic" else None
+    if exact is not None:
+        kl = exact(posterior, prior)
     elif form == "entropy":
-        kl = -jnp.mean(gaussian.standard_normal_log_prob(z), axis=0) - posterior.entropy()
+        kl = -jnp.mean(prior.log_prob(z), axis=0) - posterior.entropy()
     else:
-        raise ValueError(f"form must be 'analytic', 'monte_carlo' or 'entropy', got {form!r}")
+        kl = jnp.mean(log_q - prior.log_prob(z), axis=0)
     return ElboTerms(elbo=log_lik - kl, loss=-log_lik + beta * kl, log_likelihood=log_lik, kl=kl)
 
 
-def log_importance_weights(key: jax.Array, x: ArrayLike, posterior: Posterior | Categorical,
+def log_importance_weights(key: jax.Array, x: ArrayLike, posterior: Posterior,
                            log_likelihood_fn: LogLikelihoodFn, num_samples: int,
                            log_prior_fn: LogPriorFn = gaussian.standard_normal_log_prob
                            ) -> jax.Array:
@@ -135,7 +141,7 @@ def iwae_bound(log_weights: ArrayLike, axis: int = 0) -> jax.Array:
     return jax.nn.logsumexp(log_weights, axis=axis) - jnp.log(k).astype(log_weights.dtype)
 
 
-def importance_log_likelihood(key: jax.Array, x: ArrayLike, posterior: Posterior | Categorical,
+def importance_log_likelihood(key: jax.Array, x: ArrayLike, posterior: Posterior,
                               log_likelihood_fn: LogLikelihoodFn, num_samples: int = 5000,
                               chunk_size: int = 100,
                               log_prior_fn: LogPriorFn = gaussian.standard_normal_log_prob

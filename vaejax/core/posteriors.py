@@ -1,23 +1,50 @@
-"""Gaussian posteriors q(z|x) as explicit pytrees.
+"""Gaussian posteriors q(z|x) as explicit pytrees, and the contract every posterior meets.
 
 The objectives take a posterior rather than loose arrays so one ELBO, IWAE and
-importance-sampling implementation serves diagonal and full covariances. Each
-method is a thin call of the pure functions in `gaussian`.
+importance-sampling implementation serves every family. Each method is a thin
+call of the pure functions in `gaussian`.
 
-`sample_and_log_prob` gives a reparameterized draw with its log-density written
-in terms of the noise ε (−½‖ε‖² − log|det L| − (d/2) log 2π) instead of
-(z − μ) scaled by the inverse scale. The two are equal in exact arithmetic, but
-the latter's gradient is a difference of two terms of size ε/σ that cancel only
-approximately in float32 and overflows where σ is tiny next to μ, a regime
-IWAE training can drive an encoder into.
+`sample_and_log_prob` draws the noise ε once and gives both the reparameterized
+draw z = μ + Lε and its log-density written in terms of ε
+(−½‖ε‖² − log|det L| − (d/2) log 2π) instead of (z − μ) scaled by the inverse
+scale. The two are equal in exact arithmetic, but the latter's gradient is a
+difference of two terms of size ε/σ that cancel only approximately in float32
+and overflows where σ is tiny next to μ, a regime IWAE training can drive an
+encoder into.
 """
 
-from typing import NamedTuple
+from typing import NamedTuple, Protocol, runtime_checkable
 
 import jax
 import jax.numpy as jnp
 
-from vaejax.core import gaussian
+from vaejax.core import _checks, gaussian
+
+
+@runtime_checkable
+class Posterior(Protocol):
+    """q(z|x) with batch shape `batch` and draws of shape (*batch, *event).
+
+    `sample` and `sample_and_log_prob` add a leading axis when `num_samples` is
+    given; `sample_and_log_prob` uses one noise draw for both results. `mean` is
+    E_q[z]; `mode()` is a point code (the mean, or the most likely category).
+    Closed-form KLs against priors are registered per pair of types with
+    `vaejax.register_kl`.
+    """
+
+    def sample(self, key: jax.Array, num_samples: int | None = None) -> jax.Array: ...
+
+    def log_prob(self, z: jax.Array) -> jax.Array: ...
+
+    def sample_and_log_prob(self, key: jax.Array, num_samples: int | None = None
+                            ) -> tuple[jax.Array, jax.Array]: ...
+
+    def mode(self) -> jax.Array: ...
+
+
+def _noise(key, mean, num_samples):
+    shape = jnp.shape(mean) if num_samples is None else (num_samples, *jnp.shape(mean))
+    return jax.random.normal(key, shape, jnp.result_type(mean))
 
 
 class DiagonalGaussian(NamedTuple):
@@ -27,15 +54,19 @@ class DiagonalGaussian(NamedTuple):
     log_var: jax.Array
 
     def sample(self, key, num_samples=None):
-        return gaussian.reparameterize(key, self.mean, self.log_var, num_samples)
+        return self.sample_and_log_prob(key, num_samples)[0]
 
     def log_prob(self, z):
         return gaussian.diag_normal_log_prob(z, self.mean, self.log_var)
 
     def sample_and_log_prob(self, key, num_samples=None):
-        z = self.sample(key, num_samples)
-        eps = jax.random.normal(key, z.shape, z.dtype)  # the draw behind z: same key, shape
+        _checks.same_shape(mean=self.mean, log_var=self.log_var)
+        eps = _noise(key, self.mean, num_samples)
+        z = self.mean + jnp.exp(0.5 * jnp.asarray(self.log_var)) * eps
         return z, gaussian.standard_normal_log_prob(eps) - 0.5 * jnp.sum(self.log_var, axis=-1)
+
+    def mode(self):
+        return self.mean
 
     def kl_standard_normal(self):
         return gaussian.kl_standard_normal(self.mean, self.log_var)
@@ -51,15 +82,19 @@ class CholeskyGaussian(NamedTuple):
     scale_tril: jax.Array
 
     def sample(self, key, num_samples=None):
-        return gaussian.reparameterize_tril(key, self.mean, self.scale_tril, num_samples)
+        return self.sample_and_log_prob(key, num_samples)[0]
 
     def log_prob(self, z):
         return gaussian.mvn_tril_log_prob(z, self.mean, self.scale_tril)
 
     def sample_and_log_prob(self, key, num_samples=None):
-        z = self.sample(key, num_samples)
-        eps = jax.random.normal(key, z.shape, z.dtype)
+        _checks.tril_pair(self.mean, self.scale_tril)
+        eps = _noise(key, self.mean, num_samples)
+        z = self.mean + jnp.einsum("...ij,...j->...i", jnp.tril(self.scale_tril), eps)
         return z, gaussian.standard_normal_log_prob(eps) - gaussian.log_det_tril(self.scale_tril)
+
+    def mode(self):
+        return self.mean
 
     def kl_standard_normal(self):
         d = self.mean.shape[-1]

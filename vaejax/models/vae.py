@@ -1,8 +1,9 @@
-"""Flax NNX encoders, decoders and the VAE assembled from a ModelConfig.
+"""The stock VAE: the encoders, decoders and heads a ModelConfig describes.
 
-Images are (..., H, W, C). The encoder returns q(z|x) as a core posterior pytree
-(or categorical logits); the decoder returns the likelihood's parameters; and
-`VAE.log_likelihood(z, x)` is the log p(x|z) the core objectives take.
+Images are (..., H, W, C). The encoder returns q(z|x) as a core posterior pytree;
+the decoder returns the likelihood's parameters; `VAE.log_likelihood(z, x)` is
+the log p(x|z) the core objectives take; `VAE.prior` is N(0, I), the uniform
+categorical, or a learned prior module passed as `prior=`.
 """
 
 import math
@@ -66,7 +67,8 @@ class ConvHead(nnx.Module):
         n = len(config.conv_channels)
         self.grid = (_downsampled(h, n), _downsampled(w, n), config.conv_channels[-1])
         self.image = (h, w)
-        self.mlp = MLP((*config.hidden, math.prod(self.grid)), config.activation, rngs=rngs)
+        # The encoder's dense widths reversed: its input is the last of them.
+        self.mlp = MLP((*config.hidden[::-1], math.prod(self.grid)), config.activation, rngs=rngs)
         chans = config.conv_channels[::-1]
         self.deconvs = nnx.List([nnx.ConvTranspose(a, b, (3, 3), strides=2, rngs=rngs)
                                  for a, b in zip(chans, (*chans[1:], chans[-1]))])
@@ -85,10 +87,20 @@ def _flatten_image(x):
 
 
 class VAE(nnx.Module):
-    """Encoder, posterior head, decoder and likelihood for images of `shape` (H, W, C)."""
+    """Encoder, posterior head, decoder and likelihood for images of `shape` (H, W, C).
 
-    def __init__(self, shape: tuple[int, int, int], config: ModelConfig, *, rngs: nnx.Rngs):
+    Args:
+      shape: (H, W, C).
+      config: the architecture.
+      rngs: initialisation keys.
+      prior: a module whose call returns p(z) (e.g. `GaussianMixturePrior`);
+        by default N(0, I), or uniform over the categories of a categorical latent.
+    """
+
+    def __init__(self, shape: tuple[int, int, int], config: ModelConfig, *, rngs: nnx.Rngs,
+                 prior: nnx.Module | None = None):
         self.config = config
+        self.learned_prior = prior
         self.shape = tuple(shape)
         d, pixels = config.latent_dim, math.prod(shape)
         self.code_size = d * config.num_categories if config.posterior == "categorical" else d
@@ -154,10 +166,10 @@ class VAE(nnx.Module):
             return vaejax.continuous_bernoulli_mean(params)
         return jnp.clip(params, 0.0, 1.0)
 
-    def prior_sample(self, key, num_samples: int):
-        """z ~ p(z): N(0, I), or one-hot uniform categories."""
-        d = self.config.latent_dim
+    @property
+    def prior(self) -> vaejax.Prior:
+        if self.learned_prior is not None:
+            return self.learned_prior()
         if self.config.posterior == "categorical":
-            k = self.config.num_categories
-            return jax.nn.one_hot(jax.random.randint(key, (num_samples, d), 0, k), k)
-        return jax.random.normal(key, (num_samples, d))
+            return vaejax.UniformCategorical(self.config.latent_dim, self.config.num_categories)
+        return vaejax.StandardNormal(self.config.latent_dim)

@@ -1,0 +1,86 @@
+"""Models: the contract every trainable model meets, and the registry of families.
+
+A model is any `nnx.Module` with
+
+| member | meaning |
+|---|---|
+| `encode(x)` | q(z\\|x), a `vaejax.Posterior` with x's batch shape |
+| `log_likelihood(z, x)` | log p(x\\|z) summed over the image; leading axes of z broadcast |
+| `prior` | p(z), a `vaejax.Prior` (a property when it is learned) |
+| `mean_image(z)` | E[x\\|z] in [0, 1], for pictures |
+
+Its state may hold more than `nnx.Param` (batch statistics, an EMA codebook):
+the trainer carries the rest beside the parameters and checkpoints it. A
+family is registered by name, so a run folder's config.json rebuilds it.
+"""
+
+from typing import Callable, Protocol, runtime_checkable
+
+import jax
+from flax import nnx
+
+from vaejax.config import ConfigError, ModelConfig
+
+ImageShape = tuple[int, int, int]
+ModelFn = Callable[[ImageShape, nnx.Rngs], nnx.Module]
+CUSTOM = "custom"  # the family of a run trained with a model_fn given in Python
+
+
+@runtime_checkable
+class Model(Protocol):
+    """What the trainer, evaluation and figures use of a model."""
+
+    def encode(self, x: jax.Array): ...
+
+    def log_likelihood(self, z: jax.Array, x: jax.Array) -> jax.Array: ...
+
+    @property
+    def prior(self): ...
+
+    def mean_image(self, z: jax.Array) -> jax.Array: ...
+
+
+_FAMILIES: dict[str, Callable[[ModelConfig], ModelFn]] = {}
+
+
+def register(name: str, model_fn: ModelFn) -> ModelFn:
+    """Registers a model by name: `model_fn(image_shape, rngs) -> model`.
+
+    A run whose `ModelConfig.family` is `name` is then built, resumed, evaluated
+    and loaded without passing `model_fn` again.
+    """
+    register_family(name, lambda config: model_fn)
+    return model_fn
+
+
+def register_family(name: str, family: Callable[[ModelConfig], ModelFn]):
+    """Registers a family sized by the ModelConfig: `family(config) -> model_fn`."""
+    if name == CUSTOM:
+        raise ValueError(f"{CUSTOM!r} names runs trained with a model_fn; choose another name")
+    _FAMILIES[name] = family
+    return family
+
+
+def families() -> tuple[str, ...]:
+    """The registered family names."""
+    return tuple(sorted(_FAMILIES))
+
+
+def model_fn(config: ModelConfig) -> ModelFn:
+    """The model_fn of the config's family."""
+    if config.family == CUSTOM:
+        raise ConfigError("this run's model was given as a model_fn: pass the same model_fn "
+                          "again (or register it and name it in ModelConfig.family)")
+    if config.family not in _FAMILIES:
+        raise ConfigError(f"unknown model family {config.family!r}; registered: "
+                          f"{', '.join(families())}")
+    return _FAMILIES[config.family](config)
+
+
+from vaejax.models.priors import GaussianMixturePrior  # noqa: E402
+from vaejax.models.vae import MLP, VAE  # noqa: E402
+
+register_family("vae", lambda config: lambda shape, rngs: VAE(shape, config, rngs=rngs))
+
+__all__ = ["CUSTOM", "GaussianMixturePrior", "MLP", "Model", "ModelFn", "VAE", "families",
+           "model_fn", "register", "register_family"]

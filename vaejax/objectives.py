@@ -1,0 +1,157 @@
+"""Training objectives: pure functions `(model, batch, key, hyper) -> (loss, metrics)`.
+
+`batch` is a `Batch` (images, and labels where the data set has them); `hyper`
+holds this step's schedule values (`"beta"`, `"temperature"`); `loss` is the
+scalar to minimise (a mean over the batch) and `metrics` a dict of scalars.
+The trainer records every metric; by convention `elbo`, `rate` and
+`distortion` are batch means in nats, and KL ≤ δ dual ascent reads `rate`.
+
+Objectives are registered by name with a factory `factory(config) -> objective`,
+so a run folder's config.json rebuilds them.
+"""
+
+from typing import Any, Callable, NamedTuple, Protocol
+
+import jax
+import jax.numpy as jnp
+
+import vaejax
+
+Metrics = dict[str, jax.Array]
+
+
+class Batch(NamedTuple):
+    """Images (B, H, W, C) in [0, 1] and labels (B,), None where the data set has none."""
+
+    x: jax.Array
+    y: jax.Array | None = None
+
+
+def as_batch(data) -> Batch:
+    """A Batch from a Batch or an image array."""
+    return data if isinstance(data, Batch) else Batch(data)
+
+
+class Objective(Protocol):
+    def __call__(self, model: Any, batch: Batch, key: jax.Array,
+                 hyper: dict[str, jax.Array]) -> tuple[jax.Array, Metrics]: ...
+
+
+def _kl(q, prior, z, log_q):
+    """The closed-form KL where one is registered, else its estimate from the draws z."""
+    exact = vaejax.closed_form_kl(q, prior)
+    return exact(q, prior) if exact is not None else jnp.mean(log_q - prior.log_prob(z), axis=0)
+
+
+def elbo(num_samples: int = 1, free_bits: float = 0.0,
+         estimator: str = "gumbel_softmax") -> Objective:
+    """The β-VAE loss −E_q[log p(x|z)] + β·KL, as a mean over the batch.
+
+    Reparameterized posteriors use `num_samples` pathwise draws. A categorical
+    posterior trains by `estimator`: "gumbel_softmax" (relaxed draws at
+    hyper["temperature"]) or "score_function" (exact one-hot draws, REINFORCE
+    with a leave-one-out baseline when num_samples > 1). With free bits λ each
+    latent dimension's batch-mean KL below λ costs λ (Kingma et al. 2016).
+
+    Metrics: `elbo` (of the discrete model for categorical latents: for
+    Gumbel-softmax, from the exact one-hot draw that the same Gumbel noise
+    gives), `rate`, `distortion`, and for Gumbel-softmax `relaxed_objective`
+    (E log p(x | relaxed z) − KL, which is no bound on log p(x)) and `temperature`.
+    """
+    def objective(model, batch, key, hyper):
+        q = model.encode(batch.x)
+        if isinstance(q, vaejax.Categorical):
+            return _categorical(model, q, batch.x, key, hyper)
+        terms = vaejax.elbo(key, batch.x, q, model.log_likelihood, prior=model.prior,
+                            num_samples=num_samples)
+        kl = terms.kl
+        if free_bits > 0:
+            if not isinstance(q, vaejax.DiagonalGaussian) or not isinstance(
+                    model.prior, vaejax.StandardNormal):
+                raise ValueError("free bits need a DiagonalGaussian posterior and a "
+                                 "StandardNormal prior (they act per latent dimension)")
+            per_dim = vaejax.kl_standard_normal(q.mean[..., None], q.log_var[..., None])
+            kl = jnp.sum(jnp.maximum(free_bits, jnp.mean(per_dim, axis=0)))
+        loss = -jnp.mean(terms.log_likelihood) + hyper["beta"] * jnp.mean(kl)
+        return loss, {"elbo": jnp.mean(terms.elbo), "rate": jnp.mean(terms.kl),
+                      "distortion": jnp.mean(terms.distortion)}
+
+    def _categorical(model, q, x, key, hyper):
+        kl = vaejax.kl_divergence(q, model.prior)
+        if estimator == "gumbel_softmax":
+            logits = jnp.broadcast_to(q.logits, (num_samples, *q.logits.shape))
+            relaxed = vaejax.gumbel_softmax(key, logits, hyper["temperature"])
+            objective = model.log_likelihood(relaxed, x)
+            # The argmax of the perturbed logits is an exact draw from q.
+            one_hot = jax.lax.stop_gradient(jax.nn.one_hot(jnp.argmax(relaxed, -1), q.logits.shape[-1]))
+            log_lik = model.log_likelihood(one_hot, x)
+            extra = {"relaxed_objective": jnp.mean(objective) - jnp.mean(kl),
+                     "temperature": hyper["temperature"]}
+        else:
+            one_hot = q.sample(key, num_samples)
+            log_lik = model.log_likelihood(one_hot, x)
+            baseline = vaejax.leave_one_out_baseline(log_lik) if num_samples > 1 else 0.0
+            objective = vaejax.score_function_surrogate(q.log_prob(one_hot), log_lik, baseline)
+            extra = {}
+        loss = -jnp.mean(objective) + hyper["beta"] * jnp.mean(kl)
+        log_lik = jnp.mean(log_lik)
+        return loss, {"elbo": log_lik - jnp.mean(kl), "rate": jnp.mean(kl), "distortion": -log_lik,
+                      **extra}
+
+    return objective
+
+
+def iwae(num_samples: int) -> Objective:
+    """−L_k, the importance-weighted bound of k = num_samples draws (Burda et al. 2016).
+
+    Metrics: `iwae_bound`, and `elbo`, `rate`, `distortion` from the same draws
+    (rate in closed form where one is registered).
+    """
+    def objective(model, batch, key, hyper):
+        x, q, prior = batch.x, model.encode(batch.x), model.prior
+        z, log_q = q.sample_and_log_prob(key, num_samples)
+        log_lik = model.log_likelihood(z, x)
+        log_w = log_lik + prior.log_prob(z) - log_q
+        bound = jnp.mean(vaejax.iwae_bound(log_w))
+        return -bound, {"iwae_bound": bound, "elbo": jnp.mean(log_w),
+                        "rate": jnp.mean(_kl(q, prior, z, log_q)),
+                        "distortion": -jnp.mean(log_lik)}
+
+    return objective
+
+
+def eval_terms(model, x, key) -> vaejax.ElboTerms:
+    """Per-example test ELBO terms: β = 1, one draw, the registered closed-form KL.
+
+    Categorical latents are drawn exactly (one-hot), so this is the discrete
+    model's ELBO, not a relaxed one.
+    """
+    return vaejax.elbo(key, x, model.encode(x), model.log_likelihood, prior=model.prior)
+
+
+_REGISTRY: dict[str, Callable[[Any], Objective]] = {
+    "elbo": lambda c: elbo(c.num_samples, c.free_bits, c.estimator),
+    "iwae": lambda c: iwae(c.num_samples),
+}
+CUSTOM = "custom"  # the objective of a run given an objective function in Python
+
+
+def register(name: str, factory: Callable[[Any], Objective]) -> None:
+    """Registers `factory(config: TrainConfig) -> objective` under `name` (config.objective)."""
+    if name == CUSTOM:
+        raise ValueError(f"{CUSTOM!r} names runs trained with an objective function")
+    _REGISTRY[name] = factory
+
+
+def names() -> tuple[str, ...]:
+    return tuple(sorted(_REGISTRY))
+
+
+def from_config(config) -> Objective:
+    """The objective that `config.objective` names."""
+    from vaejax.config import ConfigError
+    if config.objective == CUSTOM:
+        raise ConfigError("this run's objective was given as a function: pass it again")
+    if config.objective not in _REGISTRY:
+        raise ConfigError(f"unknown objective {config.objective!r}; registered: {', '.join(names())}")
+    return _REGISTRY[config.objective](config)
