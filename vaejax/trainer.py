@@ -147,7 +147,8 @@ class Trainer:
         hyper = self._hyper(state)
 
         def loss_fn(params):
-            model = nnx.merge(self.graphdef, params, state.rest)
+            # copy: fresh Variables in this trace, so the model may update its own state.
+            model = nnx.merge(self.graphdef, params, state.rest, copy=True)
             loss, metrics = self.objective(model, batch, loss_key, hyper)
             return loss, (metrics, nnx.split(model, nnx.Param, ...)[2])
 
