@@ -104,3 +104,43 @@ def test_evaluate_needs_whole_chunks(tmp_path, capsys):
     err = capsys.readouterr().err.strip()
     assert "--num-samples 250 is not a multiple of --chunk-size 100" in err
     assert len(err.splitlines()) == 1
+
+
+@pytest.mark.parametrize("flags,message", [
+    (["--objective", "iwae", "--beta", "0.25,4"], "IWAE objective has no KL term to weight: betas"),
+    (["--objective", "iwae", "--kl-warmup-epochs", "2"], "kl_warmup_epochs is for the ELBO"),
+    (["--objective", "iwae", "--kl-target", "3"], "kl_target is for the ELBO"),
+    (["--objective", "vampire"], "unknown objective 'vampire'; registered: elbo, iwae"),
+])
+def test_flags_without_meaning_are_refused(tmp_path, capsys, flags, message):
+    """A combination the objective would silently ignore is one clear error, nothing written."""
+    run = tmp_path / "run"
+    assert main(["train", "--workdir", str(run), *QUICK, *flags]) == 2
+    err = capsys.readouterr().err.strip()
+    assert message in err and len(err.splitlines()) == 1, err
+    assert not run.exists()
+
+
+def test_conv_with_several_dense_layers_trains(tmp_path):
+    """The conv decoder mirrors the encoder's dense widths (256,128 used to crash)."""
+    run = tmp_path / "run"
+    assert main(["train", "--workdir", str(run), "--architecture", "conv", "--hidden", "16,8",
+                 "--conv-channels", "4,8", "--epochs", "1", "--no-progress"]) == 0
+    assert np.isfinite(json.loads((run / "summary.json").read_text())["test_elbo"])
+
+
+def test_resume_refuses_fewer_epochs_and_a_moved_cosine_horizon(tmp_path, capsys):
+    """--resume with fewer epochs than done, or new epochs under a cosine schedule: exit 2,
+    and the run folder is left as it was."""
+    run = tmp_path / "run"
+    assert main(["train", "--workdir", str(run), *QUICK, "--epochs", "3"]) == 0
+    before = {p.name: p.read_bytes() for p in run.iterdir() if p.is_file()}
+    capsys.readouterr()
+    assert main(["train", "--workdir", str(run), "--resume", "--epochs", "2", "--no-progress"]) == 2
+    assert "has trained 3 epochs; --epochs 2" in capsys.readouterr().err
+    cosine = tmp_path / "cosine"
+    assert main(["train", "--workdir", str(cosine), *QUICK, "--lr-schedule", "cosine"]) == 0
+    capsys.readouterr()
+    assert main(["train", "--workdir", str(cosine), "--resume", "--epochs", "4", "--no-progress"]) == 2
+    assert "cosine learning-rate schedule decays over 2 epochs" in capsys.readouterr().err
+    assert {p.name: p.read_bytes() for p in run.iterdir() if p.is_file()} == before

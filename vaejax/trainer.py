@@ -37,10 +37,12 @@ class TrainState(NamedTuple):
 
 
 def streams(key: jax.Array):
-    """(init, train, eval) keys of a seed's key: split, so no stream repeats another's keys.
+    """(init, train, eval): the seed key's children 0, 1, 2.
 
-    `nnx.Rngs(k)` draws fold_in(k, 0), fold_in(k, 1), ...; folding tags into the
-    seed's own key would have made the training stream one of the init keys.
+    Models are built with `nnx.Rngs(init)`, which draws fold_in(init, i), so init
+    keys descend from child 0 only; epochs fold their index into child 1 or 2.
+    (Built with `nnx.Rngs(seed)`, whose draws are the seed key's children, a
+    model's second init key was the training stream.)
     """
     return tuple(jax.random.split(key, 3))
 

@@ -77,12 +77,15 @@ def _tril_standard(q, p):
 
 @register_kl(DiagonalGaussian, DiagonalGaussian)
 def _diag_diag(q, p):
-    return gaussian.kl_diag_normals(q.mean, q.log_var, *jnp.broadcast_arrays(p.mean, p.log_var))
+    shape = jnp.shape(q.mean)  # a prior without batch axes broadcasts against q
+    return gaussian.kl_diag_normals(q.mean, q.log_var, jnp.broadcast_to(p.mean, shape),
+                                    jnp.broadcast_to(p.log_var, shape))
 
 
 @register_kl(CholeskyGaussian, CholeskyGaussian)
 def _tril_tril(q, p):
-    return gaussian.kl_mvn_tril(q.mean, q.scale_tril, p.mean, p.scale_tril)
+    return gaussian.kl_mvn_tril(q.mean, q.scale_tril, jnp.broadcast_to(p.mean, jnp.shape(q.mean)),
+                                jnp.broadcast_to(p.scale_tril, jnp.shape(q.scale_tril)))
 
 
 @register_kl(discrete.Categorical, priors.UniformCategorical)
@@ -92,4 +95,5 @@ def _categorical_uniform(q, p):
 
 @register_kl(discrete.Categorical, discrete.Categorical)
 def _categorical_categorical(q, p):
-    return jnp.sum(discrete.kl_categorical(q.logits, p.logits), axis=-1)
+    logits_p = jnp.broadcast_to(p.logits, jnp.shape(q.logits))
+    return jnp.sum(discrete.kl_categorical(q.logits, logits_p), axis=-1)
