@@ -7,6 +7,7 @@ import pytest
 
 from vaejax import input_pipeline
 from vaejax.cli import main
+from vaejax.config import PRESETS
 
 QUICK = ["--epochs", "2", "--hidden", "32", "--latent-dim", "3", "--no-progress"]
 
@@ -144,3 +145,32 @@ def test_resume_refuses_fewer_epochs_and_a_moved_cosine_horizon(tmp_path, capsys
     assert main(["train", "--workdir", str(cosine), "--resume", "--epochs", "4", "--no-progress"]) == 2
     assert "cosine learning-rate schedule decays over 2 epochs" in capsys.readouterr().err
     assert {p.name: p.read_bytes() for p in run.iterdir() if p.is_file()} == before
+
+
+def test_families_come_from_the_registry_and_entry_points(tmp_path, capsys, monkeypatch):
+    """--model NAME builds a family an installed package offers as a 'vaejax.models' entry
+    point; an unknown name is one clear error."""
+    import importlib.metadata
+
+    from vaejax import models
+
+    class Entry:
+        def load(self):
+            return lambda shape, rngs: models.VAE(shape, PRESETS["digits"], rngs=rngs)
+
+    real = importlib.metadata.entry_points
+
+    def entry_points(**selection):  # JAX looks up its own plugins here too
+        if selection.get("group") != "vaejax.models":
+            return real(**selection)
+        return [Entry()] if selection.get("name") == "plugin-vae" else []
+
+    monkeypatch.setattr(importlib.metadata, "entry_points", entry_points)
+    assert main(["train", "--workdir", str(tmp_path / "run"), "--model", "plugin-vae",
+                 *QUICK]) == 0
+    assert "plugin-vae" in models.families()
+    assert main(["evaluate", "--workdir", str(tmp_path / "run"), "-k", "100", "--no-progress"]) == 0
+    capsys.readouterr()
+    assert main(["train", "--workdir", str(tmp_path / "other"), "--model", "nope", *QUICK]) == 2
+    assert "unknown model family 'nope'; registered: " in capsys.readouterr().err
+    assert not (tmp_path / "other").exists()

@@ -33,7 +33,7 @@ def _scale(text):
 
 
 # Flags that set a field of ModelConfig (dest → field) and of TrainConfig.
-_MODEL_FLAGS = ("architecture", "hidden", "conv_channels", "activation", "latent_dim",
+_MODEL_FLAGS = ("family", "architecture", "hidden", "conv_channels", "activation", "latent_dim",
                 "posterior", "num_categories", "likelihood", "gaussian_scale")
 _TRAIN_FLAGS = ("dataset", "binarization", "objective", "num_samples", "betas", "seeds",
                 "kl_warmup_epochs", "free_bits", "kl_target", "dual_learning_rate", "estimator",
@@ -56,6 +56,8 @@ def _parser():
                        argument_default=argparse.SUPPRESS)
     t.add_argument("--dataset", help="digits (default, offline), mnist, binarized_mnist, "
                    "fashion_mnist, cifar10")
+    t.add_argument("--model", dest="family", help="model family: vae (default), or one "
+                   "registered with vaejax.models.register or offered as a 'vaejax.models' entry point")
     t.add_argument("--preset", choices=sorted(PRESETS), help="architecture preset (default: digits)")
     t.add_argument("--architecture", choices=("mlp", "conv"))
     t.add_argument("--hidden", type=_ints, help="hidden widths, e.g. 200,200")
@@ -67,7 +69,7 @@ def _parser():
     t.add_argument("--likelihood", help="bernoulli, gaussian or continuous_bernoulli")
     t.add_argument("--gaussian-scale", type=_scale, help="fixed σ of a Gaussian decoder, or 'learned'")
     t.add_argument("--binarization", help="dynamic (default), static or none")
-    t.add_argument("--objective", help="elbo (default) or iwae")
+    t.add_argument("--objective", help="elbo (default), iwae, or a registered objective")
     t.add_argument("-k", "--num-samples", type=int, help="samples per example (IWAE k)")
     t.add_argument("--beta", dest="betas", type=_floats, help="β values, one model each: 0.5,1,4")
     t.add_argument("--seeds", type=_ints, help="seeds, one model each: 0,1,2")

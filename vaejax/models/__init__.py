@@ -66,11 +66,23 @@ def families() -> tuple[str, ...]:
     return tuple(sorted(_FAMILIES))
 
 
+ENTRY_POINTS = "vaejax.models"  # installed packages offer families here: name = "module:model_fn"
+
+
+def _from_entry_point(name: str) -> None:
+    from importlib.metadata import entry_points
+    for entry in entry_points(group=ENTRY_POINTS, name=name):
+        register(name, entry.load())
+
+
 def model_fn(config: ModelConfig) -> ModelFn:
-    """The model_fn of the config's family."""
+    """The model_fn of the config's family: registered, or offered by an installed package
+    under the `vaejax.models` entry-point group (so the CLI rebuilds it too)."""
     if config.family == CUSTOM:
         raise ConfigError("this run's model was given as a model_fn: pass the same model_fn "
                           "again (or register it and name it in ModelConfig.family)")
+    if config.family not in _FAMILIES:
+        _from_entry_point(config.family)
     if config.family not in _FAMILIES:
         raise ConfigError(f"unknown model family {config.family!r}; registered: "
                           f"{', '.join(families())}")
