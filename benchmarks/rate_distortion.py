@@ -9,7 +9,6 @@ R + D = const (equal ELBO) for reference. Prints a table and one JSON line.
 """
 
 import argparse
-import dataclasses
 import json
 import shutil
 import tempfile

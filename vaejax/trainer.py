@@ -22,7 +22,7 @@ from jax.sharding import NamedSharding, PartitionSpec
 from vaejax import models, objectives, schedules as schedules_lib
 from vaejax.config import TrainConfig
 from vaejax.input_pipeline import binarize_batch
-from vaejax.objectives import Batch, as_batch
+from vaejax.objectives import as_batch
 
 
 class TrainState(NamedTuple):

@@ -1,8 +1,10 @@
+import contextlib
 import dataclasses
 
 import pytest
 
 from vaejax.config import PRESETS, TrainConfig
+from vaejax.trainer import Trainer
 
 # A small, quick digits configuration shared by the training tests.
 SMALL = TrainConfig(model=dataclasses.replace(PRESETS["digits"], hidden=(64,), latent_dim=4),
@@ -12,3 +14,26 @@ SMALL = TrainConfig(model=dataclasses.replace(PRESETS["digits"], hidden=(64,), l
 @pytest.fixture
 def small_config():
     return SMALL
+
+
+@contextlib.contextmanager
+def interrupted_at(stop_epoch: int):
+    """Training inside the block stops, as a kill would, when it reaches `stop_epoch`."""
+    original = Trainer.__init__
+
+    def init(self, *args, **kwargs):
+        original(self, *args, **kwargs)
+        epoch_fn = self.train_epoch
+
+        def train_epoch(state, data, epoch):
+            if epoch == stop_epoch:
+                raise KeyboardInterrupt
+            return epoch_fn(state, data, epoch)
+        self.train_epoch = train_epoch
+
+    Trainer.__init__ = init
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            yield
+    finally:
+        Trainer.__init__ = original

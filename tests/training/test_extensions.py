@@ -20,9 +20,8 @@ from vaejax import evaluation, input_pipeline, models, objectives
 from vaejax.cli import main
 from vaejax.config import ModelConfig
 from vaejax.train import RunError, load_run, train_and_evaluate
-from vaejax.trainer import Trainer
 
-from .conftest import SMALL
+from .conftest import SMALL, interrupted_at
 
 LATENT = 4
 
@@ -96,22 +95,8 @@ def test_user_model_trains_resumes_evaluates_and_loads(tmp_path, monkeypatch):
     assert len(whole["models"]) == 2 and all(np.isfinite(whole["test_elbo"]))
     assert all(a > b + 3.0 for a, b in zip(whole["test_elbo"], first))
 
-    original = Trainer.__init__
-
-    def interrupting_init(self, *args, **kwargs):
-        original(self, *args, **kwargs)
-        epoch_fn = self.train_epoch
-
-        def train_epoch(state, data, epoch):
-            if epoch == 2:
-                raise KeyboardInterrupt
-            return epoch_fn(state, data, epoch)
-        self.train_epoch = train_epoch
-
-    monkeypatch.setattr(Trainer, "__init__", interrupting_init)
-    with pytest.raises(KeyboardInterrupt):
+    with interrupted_at(2):
         train_and_evaluate(RESNET, tmp_path / "broken", progress=False)
-    monkeypatch.setattr(Trainer, "__init__", original)
     train_and_evaluate(RESNET, tmp_path / "broken", resume=True, progress=False)
     epoch_a, a = _checkpoint_leaves(tmp_path / "whole")
     epoch_b, b = _checkpoint_leaves(tmp_path / "broken")

@@ -18,7 +18,7 @@ from vaejax.train import (NonFiniteLossError, RunError, initial_params, read_met
                           train_and_evaluate)
 from vaejax.trainer import Trainer
 
-from .conftest import SMALL
+from .conftest import SMALL, interrupted_at
 
 
 def _final_leaves(workdir, config):
@@ -51,27 +51,13 @@ def test_run_folder_is_complete(tmp_path, small_config):
     assert json.loads((run / "summary.json").read_text()) == summary
 
 
-def test_interrupted_and_resumed_run_is_bitwise_equal(tmp_path, small_config, monkeypatch):
+def test_interrupted_and_resumed_run_is_bitwise_equal(tmp_path, small_config):
     """Stopping after epoch 4 (checkpoint every 2) and resuming ends bitwise where an unbroken run does."""
     config = dataclasses.replace(small_config, epochs=6)
     train_and_evaluate(config, tmp_path / "whole", progress=False)
 
-    original = Trainer.__init__
-
-    def interrupting_init(self, *args, **kwargs):
-        original(self, *args, **kwargs)
-        epoch_fn = self.train_epoch
-
-        def train_epoch(state, data, epoch):
-            if epoch == 4:
-                raise KeyboardInterrupt
-            return epoch_fn(state, data, epoch)
-        self.train_epoch = train_epoch
-
-    monkeypatch.setattr(Trainer, "__init__", interrupting_init)
-    with pytest.raises(KeyboardInterrupt):
+    with interrupted_at(4):
         train_and_evaluate(config, tmp_path / "broken", progress=False)
-    monkeypatch.setattr(Trainer, "__init__", original)
     assert _final_leaves(tmp_path / "broken", config)[0] == 4
     train_and_evaluate(config, tmp_path / "broken", resume=True, progress=False)
 
@@ -96,7 +82,7 @@ def test_resume_extends_a_finished_run(tmp_path, small_config):
                            resume=True, progress=False)
 
 
-def test_non_finite_loss_stops_and_keeps_last_checkpoint(tmp_path, small_config, monkeypatch):
+def test_non_finite_loss_stops_and_keeps_last_checkpoint(tmp_path, small_config):
     """A NaN loss stops training with a clear error; the last good checkpoint stays intact."""
     config = dataclasses.replace(small_config, epochs=4, checkpoint_every=2)
     train_and_evaluate(config, tmp_path / "run", progress=False)
