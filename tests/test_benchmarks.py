@@ -169,3 +169,17 @@ def test_quality_row_runs(tmp_path):
                                                            str(tmp_path / "run")]
     assert math.isclose(chained["total_train_wall_seconds"],
                         chained["train_wall_seconds"] + warm["total_train_wall_seconds"])
+
+
+def test_compare_two_checkouts():
+    """compare.py against this same checkout: both sides measured, ratios near one."""
+    result, table = run_script("compare", "--tiny", "--rounds", "1", "--repeats", "2",
+                               "--batch-sizes", "128", "--baseline", str(BENCHMARKS.parent))
+    assert result["benchmark"] == "compare" and "ratio" in table
+    row = result["results"]["128"]
+    assert all(positive(v) for side in row["examples_per_second"].values() for v in side)
+    assert 0.3 < row["current_over_baseline"] < 3.0
+
+
+def test_readme_names_no_machine_paths():
+    assert "/work/" not in (BENCHMARKS / "README.md").read_text()
