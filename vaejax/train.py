@@ -164,11 +164,11 @@ def _summary(config, trainer, records, epochs_done):
     wall_seconds = sum(r["epoch_seconds"] for r in first_model)
     # A median: the epochs that include compilation (the first of each process) barely move it.
     speeds = [r["examples_per_second"] for r in first_model]
-    models_ = [{k: r[k] for k in ("model", "seed", "beta", "beta_in_use", "test_elbo", "rate",
+    per_model = [{k: r[k] for k in ("model", "seed", "beta", "beta_in_use", "test_elbo", "rate",
                                   "distortion", "train_elbo") if k in r} for r in last]
     summary = {
-        "dataset": config.dataset, "epochs": epochs_done, "num_models": len(models_),
-        "wall_seconds": wall_seconds, "models": models_,
+        "dataset": config.dataset, "epochs": epochs_done, "num_models": len(per_model),
+        "wall_seconds": wall_seconds, "models": per_model,
         "train_examples_per_second": statistics.median(speeds[1:] or speeds) if speeds else None,
     }
     _lift(summary, ("test_elbo", "rate", "distortion"))
