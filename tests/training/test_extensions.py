@@ -217,3 +217,20 @@ def test_learned_mixture_prior_trains_with_monte_carlo_kl(tmp_path):
                                                   num_samples=200, batch_size=50, progress=False)
     elbo = objectives.eval_terms(run.model, x, jax.random.key(0)).elbo
     assert float(log_px.mean()) > float(jnp.mean(elbo))
+
+
+def test_labels_reach_the_objective(tmp_path):
+    """The batch carries the data set's labels, in the whole-epoch scan and stepwise alike."""
+    elbo = objectives.elbo()
+
+    def with_labels(model, batch, key, hyper):
+        loss, metrics = elbo(model, batch, key, hyper)
+        return loss, dict(metrics, label_mean=jnp.mean(batch.y.astype(jnp.float32)))
+
+    labels = input_pipeline.load("digits").train.labels
+    config = dataclasses.replace(SMALL, epochs=1, batch_size=1497)  # one batch: every label
+    for stepwise in (False, True):
+        run = tmp_path / f"run-{stepwise}"
+        train_and_evaluate(config, run, objective=with_labels, stepwise=stepwise, progress=False)
+        record = json.loads((run / "metrics.jsonl").read_text().splitlines()[0])
+        assert record["train_label_mean"] == pytest.approx(labels.mean(), rel=1e-6)
