@@ -1,12 +1,18 @@
-"""Orbax checkpoints of a stacked TrainState, written atomically, restored exactly.
+"""Orbax checkpoints of a stacked TrainState, written atomically, restored exactly, verified.
 
 The state is stored as a nested dict named by its pytree paths
 (params/encoder/layers/0/kernel/value, opt_state/0/mu/..., hyper/beta), so a
 leaf is restored by its name, never by its position: two leaves of one shape
 (Adam's mu and nu) cannot trade places. PRNG key arrays are stored as their
 raw key data.
+
+Each save records a SHA-256 digest of every leaf's name, dtype, shape and bytes
+in `integrity.json`, written after orbax has renamed the checkpoint into place;
+a restore recomputes it, so a damaged or unrecorded checkpoint is never used.
 """
 
+import hashlib
+import json
 import os
 
 import jax
@@ -49,6 +55,20 @@ def _flatten(nested, prefix=()) -> dict:
     return {prefix: nested}
 
 
+class DamagedCheckpointError(RuntimeError):
+    """A checkpoint that cannot be read, or whose contents differ from what was saved."""
+
+
+def digest(flat: dict) -> str:
+    """SHA-256 of {path: array}: names, dtypes, shapes and bytes, in name order."""
+    h = hashlib.sha256()
+    for path in sorted(flat):
+        value = np.ascontiguousarray(flat[path])
+        h.update(json.dumps(["/".join(path), str(value.dtype), value.shape]).encode())
+        h.update(value.tobytes())
+    return h.hexdigest()
+
+
 class Checkpointer:
     """Saves and restores training states under `directory`, one sub-folder per epoch."""
 
@@ -56,26 +76,89 @@ class Checkpointer:
         options = ocp.CheckpointManagerOptions(max_to_keep=max_to_keep,
                                                enable_async_checkpointing=False)
         self._manager = ocp.CheckpointManager(os.path.abspath(directory), options=options)
+        self._integrity = os.path.join(os.path.abspath(directory), "integrity.json")
 
     def latest_epoch(self) -> int | None:
         """The newest completed checkpoint's epoch, or None."""
         return self._manager.latest_step()
 
+    def epochs(self) -> list[int]:
+        """Every completed checkpoint's epoch, newest first."""
+        return sorted(self._manager.all_steps(), reverse=True)
+
+    def _digests(self) -> dict:
+        try:
+            with open(self._integrity) as f:
+                return json.load(f)
+        except (OSError, ValueError):
+            return {}
+
     def save(self, epoch: int, state) -> None:
         """Writes `state` as the checkpoint of `epoch` (orbax renames it into place when done)."""
-        self._manager.save(epoch, args=ocp.args.StandardSave(_nest(named_leaves(state))))
+        nested = _nest(named_leaves(state))
+        self._manager.save(epoch, args=ocp.args.StandardSave(nested))
         self._manager.wait_until_finished()
+        kept = {str(e) for e in self._manager.all_steps()}
+        digests = {k: v for k, v in self._digests().items() if k in kept}
+        digests[str(epoch)] = digest(_flatten(nested))
+        tmp = self._integrity + ".tmp"
+        with open(tmp, "w") as f:
+            json.dump(digests, f, indent=1, sort_keys=True)
+        os.replace(tmp, self._integrity)
 
-    def restore(self, epoch: int, like, part: str | None = None):
+    def _read(self, epoch: int) -> dict:
+        """{path: array} of a checkpoint, verified against its recorded digest."""
+        expected = self._digests().get(str(epoch))
+        if expected is None:
+            raise DamagedCheckpointError(f"the checkpoint of epoch {epoch} has no recorded "
+                                         "digest (its save did not finish)")
+        try:
+            saved = _flatten(self._manager.restore(epoch, args=ocp.args.StandardRestore()))
+        except Exception as error:  # orbax and tensorstore raise many kinds on damaged files
+            reason = str(error).strip().splitlines()[0][:200] if str(error).strip() else type(error).__name__
+            raise DamagedCheckpointError(f"the checkpoint of epoch {epoch} cannot be read "
+                                         f"({reason})") from None
+        if digest(saved) != expected:
+            raise DamagedCheckpointError(f"the checkpoint of epoch {epoch} differs from what was "
+                                         "saved (digest mismatch)")
+        return saved
+
+    def restore_latest(self, like, part: str | None = None, *, skip=(),
+                       discard_damaged: bool = False, report=print):
+        """(epoch, state) of the newest checkpoint that verifies; damaged newer ones are
+        reported in one line each (and deleted with discard_damaged, so training can
+        write those epochs again; when none verifies, nothing is deleted).
+
+        Raises:
+          DamagedCheckpointError: no checkpoint verifies (or there is none).
+        """
+        damaged = {}
+        for epoch in self.epochs():
+            try:
+                state = self.restore(epoch, like, part, skip=skip)
+            except DamagedCheckpointError as error:
+                damaged[epoch] = str(error)
+                continue
+            for bad, problem in damaged.items():
+                report(f"{problem}; using the checkpoint of epoch {epoch}")
+                if discard_damaged:  # only once a good one is found: nothing else is lost
+                    self._manager.delete(bad)
+            return epoch, state
+        problems = list(damaged.values())
+        raise DamagedCheckpointError("; ".join(problems) or "there is no checkpoint")
+
+    def restore(self, epoch: int, like, part: str | None = None, skip=()):
         """The state saved at `epoch`, in the structure (and dtypes) of `like`.
 
         With `part` (e.g. "params"), only that top-level entry of the saved
-        state is read, into `like` of that entry's structure.
+        state is read, into `like` of that entry's structure; top-level entries
+        named in `skip` are left out (`like` holds None there).
 
         Raises:
           ValueError: the checkpoint holds other names or shapes (another model).
+          DamagedCheckpointError: it cannot be read, or differs from what was saved.
         """
-        saved = _flatten(self._manager.restore(epoch, args=ocp.args.StandardRestore()))
+        saved = {p: v for p, v in self._read(epoch).items() if p[0] not in skip}
         if part is not None:
             saved = {p[1:]: v for p, v in saved.items() if p[0] == part}
         wanted = named_leaves(like)

@@ -156,17 +156,26 @@ def _evaluate(args):
     if args.num_samples % chunk_size:
         raise ConfigError(f"--num-samples {args.num_samples} is not a multiple of "
                           f"--chunk-size {chunk_size}")
+    import math
+
     import jax
 
     from vaejax import evaluation
-    from vaejax.train import load_run, prepare_data, read_summary, update_summary
+    from vaejax.train import RunError, load_run, prepare_data, read_summary, update_summary
     run = load_run(args.workdir)
+    read_summary(args.workdir)  # a finished run
     trainer, state = run.trainer, run.state
     data = prepare_data(run.config, args.data_dir, args.manual_dir)
-    # The test ELBO of the restored parameters, drawn with the key of the run's last epoch,
-    # so it repeats the value training recorded.
-    epochs = read_summary(args.workdir)["epochs"]
-    elbo_terms = jax.device_get(trainer.evaluate(state, trainer.place(data.test), epochs - 1))
+    # The test ELBO of the restored parameters, drawn with the key of the checkpoint's epoch,
+    # repeats the value training recorded: a mismatch means the files do not belong together.
+    elbo_terms = jax.device_get(trainer.evaluate(state, trainer.place(data.test), run.epoch - 1))
+    recorded = {r["model"]: r["test_elbo"] for r in run.metrics if r["epoch"] == run.epoch}
+    for i, value in enumerate(elbo_terms["elbo"]):
+        if i not in recorded or not math.isclose(value, recorded[i], rel_tol=1e-4, abs_tol=1e-4):
+            raise RunError(f"the checkpoint of epoch {run.epoch} gives model {i} a test ELBO of "
+                           f"{float(value):.4f}, but training recorded "
+                           f"{recorded.get(i, 'none')} for that epoch: the checkpoint is not the "
+                           "model that was trained")
     tic = time.perf_counter()
     log_px = evaluation.importance_log_likelihood(
         trainer, state, data.test, num_samples=args.num_samples,
@@ -184,17 +193,20 @@ def _evaluate(args):
         per_model["linear_probe_accuracy"] = [
             evaluation.linear_probe_accuracy(tr, data.train_labels, te, data.test_labels)
             for tr, te in zip(train_codes, test_codes)]
-    extra = {"log_likelihood_num_samples": args.num_samples,
-             "log_likelihood_seconds": seconds}
-    summary = update_summary(args.workdir, per_model, extra)
-    for m in summary["models"]:
-        line = (f"model {m['model']}: test log p(x) ≈ {m['test_log_likelihood']:.3f} nats "
+    # Printed before summary.json is written, so a failed write loses nothing.
+    for i in range(run.config.num_models):
+        m = {k: v[i] for k, v in per_model.items()}
+        line = (f"model {i}: test log p(x) ≈ {m['test_log_likelihood']:.3f} nats "
                 f"(K={args.num_samples}), test ELBO {m['test_elbo']:.3f}, rate {m['rate']:.3f}, "
                 f"distortion {m['distortion']:.3f}, active units {m['active_units']}")
         if "linear_probe_accuracy" in m:
             line += f", linear probe accuracy {m['linear_probe_accuracy']:.3f}"
         print(line)
-    print(f"importance sampling took {seconds:.1f} s for {data.test.shape[0]} test images")
+    print(f"importance sampling took {seconds:.1f} s for {data.test.shape[0]} test images "
+          f"(checkpoint of epoch {run.epoch})")
+    update_summary(args.workdir, per_model, {"log_likelihood_num_samples": args.num_samples,
+                                             "log_likelihood_seconds": seconds,
+                                             "evaluated_epoch": run.epoch})
 
 
 def _sample(args):

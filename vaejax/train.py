@@ -11,6 +11,7 @@ import dataclasses
 import json
 import os
 import statistics
+import sys
 import time
 from pathlib import Path
 from typing import NamedTuple
@@ -19,7 +20,7 @@ import jax
 import numpy as np
 
 from vaejax import input_pipeline, models, objectives
-from vaejax.checkpoints import Checkpointer
+from vaejax.checkpoints import Checkpointer, DamagedCheckpointError
 from vaejax.config import ConfigError, TrainConfig, validate
 from vaejax.objectives import Batch
 from vaejax.trainer import Trainer, TrainState
@@ -251,9 +252,9 @@ def train_and_evaluate(config: TrainConfig, workdir, *, model_fn=None, objective
                                        "has_labels": data.train_labels is not None})
     checkpointer = Checkpointer(str(workdir / "checkpoints"))
     records = []
-    if resume and checkpointer.latest_epoch() is not None:
-        start = checkpointer.latest_epoch()
-        state = trainer.place(checkpointer.restore(start, state))
+    if resume and checkpointer.epochs():
+        start, state = _restore_latest(checkpointer, workdir, state, discard_damaged=True)
+        state = trainer.place(state)
         records = [r for r in read_metrics(workdir) if r["epoch"] <= start]
     (workdir / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
 
@@ -309,18 +310,27 @@ def initial_params(config: TrainConfig, trainer: Trainer):
     if k_source not in (1, k):
         raise RunError(f"cannot start {k} models from {source}, which holds {k_source}")
     checkpointer = Checkpointer(str(source / "checkpoints"))
-    epoch = checkpointer.latest_epoch()
-    if epoch is None:
-        checkpointer.close()
-        raise RunError(f"cannot start from {source}: it holds no checkpoint")
     like = jax.tree.map(lambda p: np.zeros((k_source, *p.shape[1:]), p.dtype), trainer.init().params)
     try:
-        params = checkpointer.restore(epoch, like, part="params")
+        _, params = _restore_latest(checkpointer, source, like, part="params")
+    except RunError:
+        raise
     except ValueError as error:
         raise RunError(f"cannot start from {source}: {error} (trained on other images?)") from None
     finally:
         checkpointer.close()
     return jax.tree.map(lambda p: np.broadcast_to(p, (k, *p.shape[1:])), params)
+
+
+def _restore_latest(checkpointer, workdir, like, **options):
+    """(epoch, state) of the newest checkpoint of workdir that verifies; RunError if none does."""
+    if not checkpointer.epochs():
+        raise RunError(f"{workdir} holds no checkpoint")
+    report = lambda line: print(f"vaejax: {line}", file=sys.stderr)  # noqa: E731
+    try:
+        return checkpointer.restore_latest(like, report=report, **options)
+    except DamagedCheckpointError as error:
+        raise RunError(f"no checkpoint of {workdir} can be used: {error}") from None
 
 
 def _stop_non_finite(checkpointer, workdir, epoch, losses):
@@ -393,19 +403,18 @@ def load_run(workdir, model_fn=None, *, objective=None, optimizer=None) -> Run:
     trainer = Trainer(dataclasses.replace(config, devices=1), info["image_shape"],
                       info["num_train"], model_fn=model_fn, objective=objective, optimizer=optimizer)
     checkpointer = Checkpointer(str(workdir / "checkpoints"))
-    epoch = checkpointer.latest_epoch()
-    if epoch is None:
-        checkpointer.close()
-        raise RunError(f"{workdir} holds no checkpoint")
     like = trainer.init()
-    skip = {"opt_state"} if config.optimizer == "custom" and optimizer is None else set()
+    skip = ("opt_state",) if config.optimizer == "custom" and optimizer is None else ()
+    if skip:
+        like = like._replace(opt_state=None)
     try:
-        parts = {f: None if f in skip else checkpointer.restore(epoch, getattr(like, f), part=f)
-                 for f in TrainState._fields}
+        epoch, state = _restore_latest(checkpointer, workdir, like, skip=skip)
+    except RunError:
+        raise
     except ValueError as error:
         raise RunError(f"cannot load {workdir}: {error}") from None
     finally:
         checkpointer.close()
-    state = trainer.place(TrainState(**parts))
+    state = trainer.place(state)
     summary = read_summary(workdir) if (workdir / "summary.json").exists() else None
     return Run(config, trainer.models(state), read_metrics(workdir), summary, epoch, trainer, state)
