@@ -156,14 +156,20 @@ def _evaluate(args):
     if args.num_samples % chunk_size:
         raise ConfigError(f"--num-samples {args.num_samples} is not a multiple of "
                           f"--chunk-size {chunk_size}")
+    from vaejax.train import load_run, read_config, read_summary, run_lock
+    read_config(args.workdir)  # a run,
+    read_summary(args.workdir)  # and a finished one
+    with run_lock(Path(args.workdir)):  # no training writes this run meanwhile
+        _evaluate_run(args, load_run(args.workdir), chunk_size)
+
+
+def _evaluate_run(args, run, chunk_size):
     import math
 
     import jax
 
     from vaejax import evaluation
-    from vaejax.train import RunError, load_run, prepare_data, read_summary, update_summary
-    run = load_run(args.workdir)
-    read_summary(args.workdir)  # a finished run
+    from vaejax.train import RunError, prepare_data, update_summary
     trainer, state = run.trainer, run.state
     data = prepare_data(run.config, args.data_dir, args.manual_dir)
     # The test ELBO of the restored parameters, drawn with the key of the checkpoint's epoch,

@@ -7,9 +7,12 @@ run loads without its data), metrics.jsonl (one line per epoch per model),
 summary.json, samples.png, reconstructions.png, curves.png and checkpoints/.
 """
 
+import contextlib
 import dataclasses
+import fcntl
 import json
 import os
+import socket
 import statistics
 import sys
 import time
@@ -32,6 +35,36 @@ class RunError(ValueError):
 
 class NonFiniteLossError(RuntimeError):
     """Training produced a NaN or infinite loss; the last good checkpoint is kept."""
+
+
+@contextlib.contextmanager
+def run_lock(workdir: Path):
+    """Holds an exclusive lock on the run folder: one writer per run.
+
+    The lock is the kernel's (flock on workdir/.lock), so it is released on any
+    exit, a kill included; the file only names the last holder.
+
+    Raises:
+      RunError: another process holds it (named in the message).
+    """
+    path = Path(workdir) / ".lock"
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError as error:
+        raise RunError(f"cannot write to {workdir}: {error.strerror}") from None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        holder = path.read_text().strip() or "another process"
+        raise RunError(f"{workdir} is in use by {holder}; wait for it to end or choose "
+                       "another --workdir") from None
+    try:
+        os.ftruncate(fd, 0)
+        os.write(fd, f"process {os.getpid()} on {socket.gethostname()}\n".encode())
+        yield
+    finally:
+        os.close(fd)
 
 
 def write_json(path: Path, data) -> None:
@@ -236,16 +269,26 @@ def train_and_evaluate(config: TrainConfig, workdir, *, model_fn=None, objective
     config = recorded_config(validate(config), model_fn, objective, optimizer)
     workdir = Path(workdir)
     _check_devices(config)
-    _check_workdir(workdir, config, resume)
-    data = prepare_data(config, data_dir, manual_dir)
-    train, test = data.train, data.test
-    trainer = Trainer(config, train.shape[1:], train.shape[0], model_fn=model_fn,
-                      objective=objective, optimizer=optimizer, schedules=schedules)
-    state, start = trainer.init(), 0
-    if config.init_from is not None:
-        state = state._replace(params=trainer.place(initial_params(config, trainer)))
+    locked = workdir.is_dir()
+    with contextlib.ExitStack() as stack:
+        if locked:  # the checks read the folder: no other writer meanwhile
+            stack.enter_context(run_lock(workdir))
+        _check_workdir(workdir, config, resume)
+        data = prepare_data(config, data_dir, manual_dir)
+        trainer = Trainer(config, data.train.shape[1:], data.train.shape[0], model_fn=model_fn,
+                          objective=objective, optimizer=optimizer, schedules=schedules)
+        state = trainer.init()
+        if config.init_from is not None:
+            state = state._replace(params=trainer.place(initial_params(config, trainer)))
+        if not locked:  # a new folder, made only now that every check has passed
+            workdir.mkdir(parents=True, exist_ok=True)
+            stack.enter_context(run_lock(workdir))
+            _check_workdir(workdir, config, resume)  # another process may have begun here
+        return _train(config, workdir, data, trainer, state, resume, progress, stepwise)
 
-    workdir.mkdir(parents=True, exist_ok=True)
+
+def _train(config, workdir, data, trainer, state, resume, progress, stepwise) -> dict:
+    train, test, start = data.train, data.test, 0
     write_json(workdir / "config.json", json.loads(config.to_json()))
     write_json(workdir / "data.json", {"image_shape": list(train.shape[1:]),
                                        "num_train": train.shape[0], "num_test": test.shape[0],
