@@ -55,6 +55,10 @@ def test_beta_sweep_from_the_command_line(tmp_path):
     (["--devices", "64"], "64 devices asked for"),
     (["--resume"], "holds no run"),
     (["--init-from", "/nonexistent/run"], "/nonexistent/run holds no run"),
+    (["--learning-rate", "inf"], "learning_rate must be a finite number; got inf"),
+    (["--dual-lr", "nan"], "dual_learning_rate must be a finite number; got nan"),
+    (["--epochs", "100000000000000000000"], "epochs must be an integer of magnitude at most"),
+    (["--seeds", "100000000000000000000"], "seeds must be a list, each an integer"),
 ])
 def test_bad_input_one_error_nothing_written(tmp_path, capsys, flags, message):
     """Each bad input: exit code 2, one line naming the problem, no run folder."""
@@ -174,3 +178,42 @@ def test_families_come_from_the_registry_and_entry_points(tmp_path, capsys, monk
     assert main(["train", "--workdir", str(tmp_path / "other"), "--model", "nope", *QUICK]) == 2
     assert "unknown model family 'nope'; registered: " in capsys.readouterr().err
     assert not (tmp_path / "other").exists()
+
+
+@pytest.mark.parametrize("edit,message", [
+    (lambda text: text[:len(text) // 2], "config.json cannot be read"),
+    (lambda text: text.replace('"epochs": 2', '"epochs": "two"'), "epochs must be an integer"),
+    (lambda text: text.replace('"epochs": 2', '"epochs": 2, "colour": "red"'), "unexpected keyword"),
+    (lambda text: json.dumps({k: v for k, v in json.loads(text).items() if k != "model"}),
+     "missing 'model'"),
+])
+def test_damaged_config_is_one_error(tmp_path, capsys, edit, message):
+    """A truncated or hand-edited config.json: resume, evaluate and sample each say which file
+    is bad and how, exit 2."""
+    run = tmp_path / "run"
+    assert main(["train", "--workdir", str(run), *QUICK]) == 0
+    path = run / "config.json"
+    path.write_text(edit(path.read_text()))
+    for argv in (["train", "--workdir", str(run), "--resume", "--no-progress"],
+                 ["evaluate", "--workdir", str(run), "--no-progress"],
+                 ["sample", "--workdir", str(run)]):
+        capsys.readouterr()
+        assert main(argv) == 2, argv
+        err = capsys.readouterr().err.strip()
+        assert "config.json" in err and message in err and len(err.splitlines()) == 1, err
+
+
+def test_torn_metrics_line_and_bad_summary(tmp_path, capsys):
+    """A torn last metrics line (a kill mid-write) is dropped on resume; a summary without
+    models is one error."""
+    run = tmp_path / "run"
+    assert main(["train", "--workdir", str(run), *QUICK, "--checkpoint-every", "1"]) == 0
+    with open(run / "metrics.jsonl", "a") as f:
+        f.write('{"epoch": 3, "mod')
+    assert main(["train", "--workdir", str(run), "--resume", "--epochs", "3", "--no-progress"]) == 0
+    epochs = [json.loads(line)["epoch"] for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert epochs == [1, 2, 3]
+    (run / "summary.json").write_text(json.dumps({"epochs": 3, "models": []}))
+    capsys.readouterr()
+    assert main(["evaluate", "--workdir", str(run), "--no-progress"]) == 2
+    assert "summary.json is not a run summary" in capsys.readouterr().err

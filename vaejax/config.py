@@ -7,6 +7,8 @@ config.json is the whole recipe of the run.
 import dataclasses
 import json
 import math
+import types
+import typing
 from typing import Literal
 
 from vaejax.input_pipeline import BINARIZATIONS
@@ -119,8 +121,50 @@ def _choice(name: str, value, allowed) -> None:
     _require(value in allowed, f"{name} must be one of {', '.join(allowed)}; got {value!r}")
 
 
+_MAX_INT = 2**31 - 1  # beyond this, shapes, step counters and seeds overflow
+
+
+def _fits(value, kind) -> bool:
+    """Whether value is of the annotated kind (finite numbers, ints within _MAX_INT)."""
+    origin, args = typing.get_origin(kind), typing.get_args(kind)
+    if origin in (typing.Union, types.UnionType):
+        return any(_fits(value, a) for a in args)
+    if origin is Literal or kind is str:
+        return isinstance(value, str)
+    if origin is tuple:
+        return isinstance(value, tuple) and all(_fits(v, args[0]) for v in value)
+    if kind is type(None):
+        return value is None
+    if isinstance(value, bool):
+        return False
+    if kind is int:
+        return isinstance(value, int) and abs(value) <= _MAX_INT
+    if kind is float:
+        return isinstance(value, (int, float)) and math.isfinite(value)
+    return isinstance(value, kind)
+
+
+def _describe(kind) -> str:
+    origin, args = typing.get_origin(kind), typing.get_args(kind)
+    if origin in (typing.Union, types.UnionType):
+        return " or ".join("null" if a is type(None) else _describe(a) for a in args)
+    if origin is tuple:
+        return f"a list, each {_describe(args[0])}"
+    return {int: f"an integer of magnitude at most {_MAX_INT}", float: "a finite number",
+            str: "a string"}.get(kind, "a string" if origin is Literal else kind.__name__)
+
+
+def _check_types(settings) -> None:
+    for field in dataclasses.fields(settings):
+        value = getattr(settings, field.name)
+        if not _fits(value, field.type):
+            raise ConfigError(f"{field.name} must be {_describe(field.type)}; got {value!r}")
+
+
 def validate(config: TrainConfig) -> TrainConfig:
     """Checks every setting; raises ConfigError with one clear message."""
+    _check_types(config)
+    _check_types(config.model)
     m = config.model
     _choice("architecture", m.architecture, ("mlp", "conv"))
     _choice("activation", m.activation, ACTIVATIONS)
@@ -140,6 +184,7 @@ def validate(config: TrainConfig) -> TrainConfig:
         _require(math.isfinite(beta) and beta >= 0, f"beta must be >= 0; got {beta}")
     _require(len(config.seeds) >= 1, "give at least one seed")
     _require(len(set(config.seeds)) == len(config.seeds), "seeds must be distinct")
+    _require(all(seed >= 0 for seed in config.seeds), "seeds must be >= 0")
     _require(config.num_samples >= 1, f"num_samples must be >= 1; got {config.num_samples}")
     _require(config.epochs >= 1, f"epochs must be >= 1; got {config.epochs}")
     _require(config.batch_size >= 1, f"batch size must be >= 1; got {config.batch_size}")
@@ -152,6 +197,9 @@ def validate(config: TrainConfig) -> TrainConfig:
              "free bits need a diagonal posterior (they act per latent dimension)")
     _require(config.kl_target is None or config.kl_target >= 0, "kl_target must be >= 0")
     _require(config.temperature > 0 and config.min_temperature > 0, "temperatures must be > 0")
+    _require(config.temperature_decay >= 0, "temperature_decay must be >= 0")
+    _require(config.dual_learning_rate > 0, "dual_learning_rate must be > 0")
+    _require(config.eval_batch_size >= 1, "eval_batch_size must be >= 1")
     if config.objective == "iwae":
         _require(m.posterior != "categorical", "the IWAE objective needs a Gaussian posterior")
         # The bound has no KL term of its own to weight, warm up or constrain.

@@ -74,12 +74,24 @@ def write_json(path: Path, data) -> None:
     os.replace(tmp, path)
 
 
+def _read_json(path: Path):
+    try:
+        return json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, ValueError) as error:
+        raise RunError(f"{path} cannot be read: {error}") from None
+
+
 def read_config(workdir) -> TrainConfig:
-    """The config stored in a run folder."""
+    """The config stored in a run folder, validated."""
     path = Path(workdir) / "config.json"
     if not path.exists():
         raise RunError(f"{workdir} holds no run (no config.json)")
-    return TrainConfig.from_dict(json.loads(path.read_text()))
+    data = _read_json(path)
+    try:
+        return validate(TrainConfig.from_dict(data))
+    except (AttributeError, KeyError, TypeError, ConfigError) as error:
+        detail = f"missing {error}" if isinstance(error, KeyError) else str(error)
+        raise RunError(f"{path} is not a valid run config: {detail}") from None
 
 
 def read_data_info(workdir) -> dict:
@@ -87,12 +99,27 @@ def read_data_info(workdir) -> dict:
     path = Path(workdir) / "data.json"
     if not path.exists():
         raise RunError(f"{workdir} holds no data.json (a run written by an older vaejax)")
-    return json.loads(path.read_text())
+    info = _read_json(path)
+    if not isinstance(info, dict) or not {"image_shape", "num_train"} <= set(info):
+        raise RunError(f"{path} does not give image_shape and num_train")
+    return info
 
 
 def read_metrics(workdir) -> list[dict]:
+    """metrics.jsonl's records; a torn last line (what a kill mid-write leaves) is dropped."""
     path = Path(workdir) / "metrics.jsonl"
-    return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+    if not path.exists():
+        return []
+    lines = path.read_text().splitlines()
+    records = []
+    for i, line in enumerate(lines):
+        try:
+            records.append(json.loads(line))
+        except ValueError:
+            if i == len(lines) - 1:
+                break
+            raise RunError(f"{path} line {i + 1} is not a JSON record") from None
+    return records
 
 
 def _differences(a: TrainConfig, b: TrainConfig, ignore=()) -> list[str]:
@@ -221,7 +248,11 @@ def read_summary(workdir) -> dict:
     path = Path(workdir) / "summary.json"
     if not path.exists():
         raise RunError(f"{workdir} holds no finished run (no summary.json)")
-    return json.loads(path.read_text())
+    summary = _read_json(path)
+    if not isinstance(summary, dict) or not isinstance(summary.get("models"), list) or not (
+            summary["models"] and isinstance(summary.get("epochs"), int)):
+        raise RunError(f"{path} is not a run summary (needs models and epochs)")
+    return summary
 
 
 def update_summary(workdir, per_model: dict[str, list], extra: dict) -> dict:
