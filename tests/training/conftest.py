@@ -1,5 +1,8 @@
 import contextlib
 import dataclasses
+import os
+import subprocess
+import sys
 
 import pytest
 
@@ -37,3 +40,14 @@ def interrupted_at(stop_epoch: int):
             yield
     finally:
         Trainer.__init__ = original
+
+
+def run_on_host_devices(script: str, devices: int = 8) -> str:
+    """Runs a Python script in a fresh process that sees `devices` CPU devices; its stdout."""
+    env = dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}",
+               JAX_PLATFORMS="cpu")
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    out = subprocess.run([sys.executable, "-c", script], cwd=root, env=env, capture_output=True,
+                         text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-3000:]
+    return out.stdout

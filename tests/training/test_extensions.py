@@ -3,9 +3,6 @@ user optimizer and a learned prior, each through the one compiled trainer."""
 
 import dataclasses
 import json
-import os
-import subprocess
-import sys
 import textwrap
 
 import jax
@@ -21,7 +18,7 @@ from vaejax.cli import main
 from vaejax.config import ModelConfig
 from vaejax.train import RunError, load_run, train_and_evaluate
 
-from .conftest import SMALL, interrupted_at
+from .conftest import SMALL, interrupted_at, run_on_host_devices
 
 LATENT = 4
 
@@ -158,12 +155,7 @@ def test_user_model_on_eight_devices_equals_one():
             np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
         print("sharded run matches")
     """)
-    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8", JAX_PLATFORMS="cpu")
-    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-    out = subprocess.run([sys.executable, "-c", script], cwd=root, env=env, capture_output=True,
-                         text=True, timeout=600)
-    assert out.returncode == 0, out.stderr[-3000:]
-    assert "sharded run matches" in out.stdout
+    assert "sharded run matches" in run_on_host_devices(script)
 
 
 def denoising_elbo(model, batch, key, hyper):

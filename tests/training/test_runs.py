@@ -2,9 +2,6 @@
 
 import dataclasses
 import json
-import os
-import subprocess
-import sys
 import textwrap
 
 import jax
@@ -18,7 +15,7 @@ from vaejax.train import (NonFiniteLossError, RunError, initial_params, read_met
                           train_and_evaluate)
 from vaejax.trainer import Trainer
 
-from .conftest import SMALL, interrupted_at
+from .conftest import SMALL, interrupted_at, run_on_host_devices
 
 
 def _final_leaves(workdir, config):
@@ -130,12 +127,7 @@ def test_eight_devices_equal_one(tmp_path):
             np.testing.assert_allclose(a, b, rtol=2e-5, atol=2e-6)
         print("sharded run matches")
     """)
-    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8", JAX_PLATFORMS="cpu")
-    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-    out = subprocess.run([sys.executable, "-c", script], cwd=root, env=env, capture_output=True,
-                         text=True, timeout=600)
-    assert out.returncode == 0, out.stderr[-3000:]
-    assert "sharded run matches" in out.stdout
+    assert "sharded run matches" in run_on_host_devices(script)
 
 
 def test_init_from_starts_every_model_at_the_source_parameters(tmp_path, small_config):
