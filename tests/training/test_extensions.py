@@ -16,7 +16,8 @@ import vaejax
 from vaejax import evaluation, input_pipeline, models, objectives
 from vaejax.cli import main
 from vaejax.config import ModelConfig
-from vaejax.train import RunError, load_run, train_and_evaluate
+from vaejax.train import NonFiniteLossError, RunError, initial_params, load_run, train_and_evaluate
+from vaejax.trainer import Trainer
 
 from .conftest import SMALL, interrupted_at, run_on_host_devices
 
@@ -226,3 +227,25 @@ def test_labels_reach_the_objective(tmp_path):
         train_and_evaluate(config, run, objective=with_labels, stepwise=stepwise, progress=False)
         record = json.loads((run / "metrics.jsonl").read_text().splitlines()[0])
         assert record["train_label_mean"] == pytest.approx(labels.mean(), rel=1e-6)
+
+
+def test_user_model_init_from_figures_and_non_finite_stop(tmp_path):
+    """--init-from copies a user model's parameters by name; figures are drawn; a NaN loss
+    stops the run with the last good checkpoint kept."""
+    source = tmp_path / "source"
+    config = dataclasses.replace(RESNET, epochs=2, checkpoint_every=1)
+    train_and_evaluate(config, source, progress=False)
+    for name in ("samples.png", "reconstructions.png", "curves.png"):
+        assert (source / name).stat().st_size > 0
+    warm = dataclasses.replace(config, init_from=str(source), learning_rate=1e-4)
+    trainer = Trainer(warm, (8, 8, 1), 1497)
+    params = initial_params(warm, trainer)
+    for ours, theirs in zip(jax.tree.leaves(params), jax.tree.leaves(load_run(source).state.params)):
+        np.testing.assert_array_equal(ours, theirs)
+
+    def nan_objective(model, batch, key, hyper):
+        loss, metrics = objectives.elbo()(model, batch, key, hyper)
+        return loss * jnp.nan, metrics
+
+    with pytest.raises(NonFiniteLossError, match="non-finite in epoch 1"):
+        train_and_evaluate(config, tmp_path / "nan", objective=nan_objective, progress=False)
