@@ -16,6 +16,7 @@ import jax
 import jax.numpy as jnp
 
 import vaejax
+from vaejax.core.divergences import kl_from_draws
 
 Metrics = dict[str, jax.Array]
 
@@ -35,12 +36,6 @@ def as_batch(data) -> Batch:
 class Objective(Protocol):
     def __call__(self, model: Any, batch: Batch, key: jax.Array,
                  hyper: dict[str, jax.Array]) -> tuple[jax.Array, Metrics]: ...
-
-
-def _kl(q, prior, z, log_q):
-    """The closed-form KL where one is registered, else its estimate from the draws z."""
-    exact = vaejax.closed_form_kl(q, prior)
-    return exact(q, prior) if exact is not None else jnp.mean(log_q - prior.log_prob(z), axis=0)
 
 
 def elbo(num_samples: int = 1, free_bits: float = 0.0,
@@ -114,7 +109,7 @@ def iwae(num_samples: int) -> Objective:
         log_w = log_lik + prior.log_prob(z) - log_q
         bound = jnp.mean(vaejax.iwae_bound(log_w))
         return -bound, {"iwae_bound": bound, "elbo": jnp.mean(log_w),
-                        "rate": jnp.mean(_kl(q, prior, z, log_q)),
+                        "rate": jnp.mean(kl_from_draws(q, prior, z, log_q)),
                         "distortion": -jnp.mean(log_lik)}
 
     return objective

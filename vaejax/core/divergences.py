@@ -40,6 +40,13 @@ def closed_form_kl(q, p) -> Callable | None:
     return None
 
 
+def kl_from_draws(q, p, z: jax.Array, log_q: jax.Array) -> jax.Array:
+    """KL(q‖p) per example: the registered closed form, else mean_s [log q(z_s) − log p(z_s)]
+    over draws z (leading sample axis) with their log q."""
+    exact = closed_form_kl(q, p)
+    return exact(q, p) if exact is not None else jnp.mean(log_q - p.log_prob(z), axis=0)
+
+
 def kl_divergence(q, p, *, key: jax.Array | None = None, num_samples: int = 1) -> jax.Array:
     """KL(q‖p) per example: the registered closed form, else a Monte Carlo estimate.
 

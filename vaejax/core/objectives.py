@@ -14,7 +14,7 @@ import jax.numpy as jnp
 from jax.typing import ArrayLike
 
 from vaejax.core import gaussian
-from vaejax.core.divergences import closed_form_kl
+from vaejax.core.divergences import kl_from_draws
 from vaejax.core.posteriors import Posterior
 from vaejax.core.priors import Prior, StandardNormal
 
@@ -90,9 +90,8 @@ def elbo(key: jax.Array, x: ArrayLike, posterior: Posterior,
     prior = StandardNormal(jnp.shape(posterior.mean)[-1]) if prior is None else prior
     z, log_q = posterior.sample_and_log_prob(key, num_samples)
     log_lik = jnp.mean(log_likelihood_fn(z, jnp.asarray(x)), axis=0)
-    exact = closed_form_kl(posterior, prior) if form == "analytic" else None
-    if exact is not None:
-        kl = exact(posterior, prior)
+    if form == "analytic":
+        kl = kl_from_draws(posterior, prior, z, log_q)
     elif form == "entropy":
         kl = -jnp.mean(prior.log_prob(z), axis=0) - posterior.entropy()
     else:
