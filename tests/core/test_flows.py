@@ -71,7 +71,7 @@ def test_an_affine_flow_gives_the_gaussian_log_density(rng):
 @pytest.mark.parametrize("kind", ["planar", "iaf"])
 def test_flow_log_q_is_normalised(rng, kind):
     """E_q[p(z)/q(z)] = 1 for a normalised p: Monte Carlo within 5 standard errors."""
-    d, k = 2, 3  # noqa: F841 (d names the event size of the shapes below)
+    d, k = 2, 3
     base = vaejax.DiagonalGaussian(jnp.asarray([0.3, -0.2]), jnp.asarray([-0.5, 0.2]))
     if kind == "planar":
         params, step = Planar(*(jnp.asarray(rng.normal(size=s), jnp.float32)
