@@ -73,8 +73,10 @@ class Checkpointer:
     """Saves and restores training states under `directory`, one sub-folder per epoch."""
 
     def __init__(self, directory: str, max_to_keep: int = 2):
+        # A save cut short (a kill, a full disk) leaves a temporary folder: removed on open.
         options = ocp.CheckpointManagerOptions(max_to_keep=max_to_keep,
-                                               enable_async_checkpointing=False)
+                                               enable_async_checkpointing=False,
+                                               cleanup_tmp_directories=True)
         self._manager = ocp.CheckpointManager(os.path.abspath(directory), options=options)
         self._integrity = os.path.join(os.path.abspath(directory), "integrity.json")
 

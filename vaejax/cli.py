@@ -4,7 +4,10 @@ Bad input ends with one line on stderr and exit code 2; nothing is written.
 """
 
 import argparse
+import contextlib
 import dataclasses
+import os
+import signal
 import sys
 import time
 from pathlib import Path
@@ -265,18 +268,35 @@ def _sample(args):
         print(path)
 
 
+def _exit_at_once(interrupted) -> None:
+    print(f"\nvaejax train: {interrupted}", file=sys.stderr, flush=True)
+    sys.stdout.flush()
+    os._exit(interrupted.exit_code)
+
+
 def main(argv=None) -> int:
     args = _parser().parse_args(argv)
-    from vaejax.input_pipeline import DataError
-    from vaejax.train import NonFiniteLossError, RunError
+    from vaejax import interrupts
     try:
-        {"train": _train, "evaluate": _evaluate, "sample": _sample}[args.command](args)
-    except (ConfigError, DataError, RunError) as error:
-        print(f"vaejax {args.command}: error: {error}", file=sys.stderr)
-        return _EXIT_USAGE
-    except NonFiniteLossError as error:
-        print(f"vaejax {args.command}: {error}", file=sys.stderr)
-        return 1
+        with interrupts.catch() if args.command == "train" else contextlib.nullcontext() as stops:
+            if stops is not None:
+                stops.exit_at_once = _exit_at_once
+            from vaejax.input_pipeline import DataError
+            from vaejax.train import NonFiniteLossError, RunError, WriteError
+            try:
+                {"train": _train, "evaluate": _evaluate, "sample": _sample}[args.command](args)
+            except (ConfigError, DataError, RunError) as error:
+                print(f"vaejax {args.command}: error: {error}", file=sys.stderr)
+                return _EXIT_USAGE
+            except (NonFiniteLossError, WriteError) as error:
+                print(f"vaejax {args.command}: {error}", file=sys.stderr)
+                return 1
+    except interrupts.Interrupted as interrupted:
+        print(f"vaejax {args.command}: {interrupted}", file=sys.stderr)
+        return interrupted.exit_code
+    except KeyboardInterrupt:  # evaluate and sample: each file is written whole (atomically)
+        print(f"vaejax {args.command}: interrupted", file=sys.stderr)
+        return 128 + signal.SIGINT
     return 0
 
 

@@ -10,12 +10,15 @@ of TensorBoard events per model) and checkpoints/.
 
 import contextlib
 import dataclasses
+import errno
 import fcntl
 import json
 import os
+import shutil
 import socket
 import statistics
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import NamedTuple
@@ -23,7 +26,7 @@ from typing import NamedTuple
 import jax
 import numpy as np
 
-from vaejax import input_pipeline, models, objectives
+from vaejax import input_pipeline, interrupts, models, objectives
 from vaejax.checkpoints import Checkpointer, DamagedCheckpointError
 from vaejax.config import ConfigError, TrainConfig, validate
 from vaejax.objectives import Batch
@@ -37,6 +40,13 @@ class RunError(ValueError):
 
 class NonFiniteLossError(RuntimeError):
     """Training produced a NaN or infinite loss; the last good checkpoint is kept."""
+
+
+_NO_SPACE = os.strerror(errno.ENOSPC)
+
+
+class WriteError(RuntimeError):
+    """A run file could not be written mid-run (a full disk); the last checkpoint is kept."""
 
 
 @contextlib.contextmanager
@@ -112,16 +122,57 @@ def read_metrics(workdir) -> list[dict]:
     path = Path(workdir) / "metrics.jsonl"
     if not path.exists():
         return []
-    lines = path.read_text().splitlines()
+    try:
+        lines = path.read_text().splitlines()
+    except (OSError, UnicodeDecodeError) as error:
+        raise RunError(f"{path} cannot be read: {error}") from None
     records = []
     for i, line in enumerate(lines):
         try:
-            records.append(json.loads(line))
+            record = json.loads(line)
         except ValueError:
             if i == len(lines) - 1:
                 break
-            raise RunError(f"{path} line {i + 1} is not a JSON record") from None
+            record = None
+        if not (isinstance(record, dict) and all(
+                type(record.get(k)) is int and record[k] >= low for k, low in (("epoch", 1),
+                                                                             ("model", 0)))):
+            raise RunError(f"{path} line {i + 1} is not a metrics record (an object with integer "
+                           "epoch and model): restore the file, or delete the line to continue "
+                           "without that record") from None
+        records.append(record)
     return records
+
+
+def check_writable(workdir: Path, need_bytes: int = 16 << 20) -> None:
+    """Refuses a run folder that cannot be made or written, or lacks `need_bytes` of space.
+
+    Run before the data are loaded and before anything is written; the first
+    folder of workdir's path that exists is tried with a temporary file.
+    """
+    try:
+        str(workdir).encode()
+    except UnicodeEncodeError:
+        raise RunError(f"the run folder's path {str(workdir)!r} is not valid UTF-8") from None
+    workdir = Path(os.path.abspath(workdir))
+    there = next(p for p in (workdir, *workdir.parents) if p.exists())
+    if not there.is_dir():
+        raise RunError(f"cannot make the run folder {workdir}: {there} is a file")
+    try:
+        with tempfile.TemporaryFile(dir=there):
+            pass
+    except OSError as error:
+        raise RunError(f"cannot write to {there}: {error.strerror}") from None
+    free = shutil.disk_usage(there).free
+    if free < need_bytes:
+        raise RunError(f"only {free / 2**20:.1f} MiB are free on the file system of {there}; "
+                       f"the run needs about {need_bytes / 2**20:.1f} MiB")
+
+
+def _bytes_needed(config: TrainConfig, state) -> int:
+    """Disk space of a run: two kept checkpoints and one being written, metrics, figures."""
+    state_bytes = sum(getattr(leaf, "nbytes", 0) for leaf in jax.tree.leaves(state))
+    return 3 * state_bytes + config.epochs * config.num_models * 1024 + (16 << 20)
 
 
 def _differences(a: TrainConfig, b: TrainConfig, ignore=()) -> list[str]:
@@ -306,25 +357,46 @@ def train_and_evaluate(config: TrainConfig, workdir, *, model_fn=None, objective
     config = recorded_config(validate(config), model_fn, objective, optimizer)
     workdir = Path(workdir)
     _check_devices(config)
+    check_writable(workdir)
     locked = workdir.is_dir()
     with contextlib.ExitStack() as stack:
+        stops = stack.enter_context(interrupts.catch())
         if locked:  # the checks read the folder: no other writer meanwhile
             stack.enter_context(run_lock(workdir))
         _check_workdir(workdir, config, resume)
         data = prepare_data(config, data_dir, manual_dir)
+        stops.check()
         trainer = Trainer(config, data.train.shape[1:], data.train.shape[0], model_fn=model_fn,
                           objective=objective, optimizer=optimizer, schedules=schedules)
         state = trainer.init()
         if config.init_from is not None:
             state = state._replace(params=trainer.place(initial_params(config, trainer)))
+        check_writable(workdir, _bytes_needed(config, state))
+        stops.check()  # the last point at which nothing has been written
         if not locked:  # a new folder, made only now that every check has passed
             workdir.mkdir(parents=True, exist_ok=True)
             stack.enter_context(run_lock(workdir))
             _check_workdir(workdir, config, resume)  # another process may have begun here
-        return _train(config, workdir, data, trainer, state, resume, progress, stepwise)
+        stops.workdir = workdir
+        try:
+            return _train(config, workdir, data, trainer, state, resume, progress, stepwise,
+                          stops)
+        except Exception as error:  # orbax and tensorstore wrap the OSError in their own kinds
+            if getattr(error, "errno", None) != errno.ENOSPC and _NO_SPACE not in str(error):
+                raise
+            raise WriteError(f"{_NO_SPACE}: a file of {workdir} could not be written; "
+                             f"{_kept(workdir)}. Free some space and continue with --resume"
+                             ) from None
 
 
-def _train(config, workdir, data, trainer, state, resume, progress, stepwise) -> dict:
+def _kept(workdir) -> str:
+    checkpointer = Checkpointer(str(workdir / "checkpoints"))
+    kept = checkpointer.latest_epoch()
+    checkpointer.close()
+    return f"the checkpoint of epoch {kept} is kept" if kept else "no checkpoint was written"
+
+
+def _train(config, workdir, data, trainer, state, resume, progress, stepwise, stops) -> dict:
     train, test, start = data.train, data.test, 0
     write_json(workdir / "config.json", json.loads(config.to_json()))
     write_json(workdir / "data.json", {"image_shape": list(train.shape[1:]),
@@ -336,15 +408,20 @@ def _train(config, workdir, data, trainer, state, resume, progress, stepwise) ->
         start, state = _restore_latest(checkpointer, workdir, state, discard_damaged=True)
         state = trainer.place(state)
         records = [r for r in read_metrics(workdir) if r["epoch"] <= start]
+        _report_gaps(workdir, records, config.num_models, start)
+    stops.epoch = start
     (workdir / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
 
     train_batch = data.train_batch()
     train_device, test_device = trainer.place(train_batch), trainer.place(test)
     bar = _progress(range(start, config.epochs), progress)
     examples = config.num_models * trainer.steps_per_epoch * config.batch_size
+    done = start  # the last epoch committed to metrics.jsonl
     with open(workdir / "metrics.jsonl", "a") as metrics_file, \
             TensorBoard(workdir, config.num_models, purge_step=start + 1) as board:
         for epoch in bar:
+            if stops.requested:
+                break
             tic = time.perf_counter()
             if stepwise:
                 new_state, metrics = trainer.train_epoch_stepwise(state, train_batch, epoch)
@@ -354,19 +431,28 @@ def _train(config, workdir, data, trainer, state, resume, progress, stepwise) ->
             seconds = time.perf_counter() - tic
             if not np.all(np.isfinite(metrics["loss"])):
                 _stop_non_finite(checkpointer, workdir, epoch + 1, metrics["loss"])
-            state = new_state
-            test_metrics = jax.device_get(trainer.evaluate(state, test_device, epoch))
+            test_metrics = jax.device_get(trainer.evaluate(new_state, test_device, epoch))
             epoch_records = _epoch_records(trainer, epoch + 1, metrics, test_metrics,
                                            examples / seconds, time.perf_counter() - tic)
-            records += epoch_records
-            metrics_file.write("".join(json.dumps(r) + "\n" for r in epoch_records))
-            metrics_file.flush()
-            board.scalars(epoch_records)
-            if (epoch + 1) % config.checkpoint_every == 0 or epoch + 1 == config.epochs:
-                checkpointer.save(epoch + 1, state)
+            with stops.writing_files():  # the epoch is committed whole or not at all
+                state, done = new_state, epoch + 1
+                records += epoch_records
+                metrics_file.write("".join(json.dumps(r) + "\n" for r in epoch_records))
+                metrics_file.flush()
+                board.scalars(epoch_records)
+                if done % config.checkpoint_every == 0 or done == config.epochs:
+                    checkpointer.save(done, state)
+                    stops.epoch = done
             if progress:
                 bar.set_postfix(elbo=f"{epoch_records[0]['test_elbo']:.2f}",
                                 ex_per_s=f"{examples / seconds:,.0f}")
+        if stops.requested:  # the epochs since the last checkpoint are kept too
+            with stops.writing_files():
+                if stops.epoch != done:
+                    checkpointer.save(done, state)
+                    stops.epoch = done
+                checkpointer.close()
+            stops.check()
     checkpointer.close()
     summary = _summary(config, trainer, records, config.epochs)
     write_json(workdir / "summary.json", summary)
@@ -374,7 +460,20 @@ def _train(config, workdir, data, trainer, state, resume, progress, stepwise) ->
     grids = plots.write_run_figures(workdir, trainer, state, test, records)
     with TensorBoard(workdir, config.num_models) as board:
         board.images(grids, config.epochs)
+    stops.check()  # a signal during the figures: the run is whole, but the caller asked to stop
     return summary
+
+
+def _report_gaps(workdir, records, num_models, epoch) -> None:
+    """Says, in one line, which epochs up to `epoch` metrics.jsonl lacks."""
+    have = {(r["model"], r["epoch"]) for r in records}
+    missing = sorted({e for e in range(1, epoch + 1) for m in range(num_models)
+                      if (m, e) not in have})
+    if missing:
+        shown = ", ".join(map(str, missing[:5])) + (", ..." if len(missing) > 5 else "")
+        print(f"vaejax: {workdir / 'metrics.jsonl'} lacks {len(missing)} of the {epoch} epochs "
+              f"trained (epochs {shown}); summary.json and curves.png cover the epochs recorded",
+              file=sys.stderr)
 
 
 def initial_params(config: TrainConfig, trainer: Trainer):

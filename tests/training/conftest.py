@@ -20,8 +20,8 @@ def small_config():
 
 
 @contextlib.contextmanager
-def interrupted_at(stop_epoch: int):
-    """Training inside the block stops, as a kill would, when it reaches `stop_epoch`."""
+def at_epoch(epoch_index: int, action):
+    """Calls `action()` when training inside the block starts computing epoch `epoch_index`."""
     original = Trainer.__init__
 
     def init(self, *args, **kwargs):
@@ -29,17 +29,26 @@ def interrupted_at(stop_epoch: int):
         epoch_fn = self.train_epoch
 
         def train_epoch(state, data, epoch):
-            if epoch == stop_epoch:
-                raise KeyboardInterrupt
+            if epoch == epoch_index:
+                action()
             return epoch_fn(state, data, epoch)
         self.train_epoch = train_epoch
 
     Trainer.__init__ = init
     try:
-        with pytest.raises(KeyboardInterrupt):
-            yield
+        yield
     finally:
         Trainer.__init__ = original
+
+
+@contextlib.contextmanager
+def interrupted_at(stop_epoch: int):
+    """Training inside the block stops, as a kill would, when it reaches `stop_epoch`."""
+    def kill():
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt), at_epoch(stop_epoch, kill):
+        yield
 
 
 def run_on_host_devices(script: str, devices: int = 8) -> str:

@@ -89,10 +89,22 @@ def model_fn(config: ModelConfig) -> ModelFn:
     return _FAMILIES[config.family](config)
 
 
+from vaejax.models.flows import FlowVAE  # noqa: E402
 from vaejax.models.priors import GaussianMixturePrior  # noqa: E402
+from vaejax.models.two_layer import TwoLayerVAE  # noqa: E402
 from vaejax.models.vae import MLP, VAE  # noqa: E402
+from vaejax.models.vampprior import VampVAE  # noqa: E402
 
-register_family("vae", lambda config: lambda shape, rngs: VAE(shape, config, rngs=rngs))
+# name → model built from the ModelConfig; the fixed sizes follow each family's paper.
+register_family("vae", lambda c: lambda shape, rngs: VAE(shape, c, rngs=rngs))
+register_family("vae-planar", lambda c: lambda shape, rngs: FlowVAE(shape, c, "planar", 10,
+                                                                    rngs=rngs))
+register_family("vae-iaf", lambda c: lambda shape, rngs: FlowVAE(shape, c, "iaf", 2, rngs=rngs))
+register_family("vampprior", lambda c: lambda shape, rngs: VampVAE(
+    shape, c.hidden, c.latent_dim, 500, rngs=rngs))
+register("two-layer", lambda shape, rngs: TwoLayerVAE(shape, rngs=rngs))
+register("two-layer-vampprior", lambda shape, rngs: TwoLayerVAE(shape, vamp_pseudo_inputs=500,
+                                                                rngs=rngs))
 
-__all__ = ["CUSTOM", "GaussianMixturePrior", "MLP", "Model", "ModelFn", "VAE", "families",
-           "model_fn", "register", "register_family"]
+__all__ = ["CUSTOM", "FlowVAE", "GaussianMixturePrior", "MLP", "Model", "ModelFn", "TwoLayerVAE",
+           "VAE", "VampVAE", "families", "model_fn", "register", "register_family"]

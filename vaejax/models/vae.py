@@ -118,11 +118,17 @@ class VAE(nnx.Module):
         if config.learned_scale:
             self.log_scale = nnx.Param(jnp.zeros(shape))
 
+    def features(self, x):
+        """The encoder's last hidden layer, (..., hidden[-1])."""
+        return self.encoder(_flatten_image(x) if self.config.architecture == "mlp" else x)
+
     def encode(self, x):
         """q(z|x): a DiagonalGaussian, CholeskyGaussian or Categorical (logits (..., d, K))."""
-        if self.config.architecture == "mlp":
-            x = _flatten_image(x)
-        out = self.posterior_head(self.encoder(x))
+        return self.posterior(self.features(x))
+
+    def posterior(self, features):
+        """q(z|x) from the encoder's features."""
+        out = self.posterior_head(features)
         d = self.config.latent_dim
         if self.config.posterior == "diagonal":
             return vaejax.DiagonalGaussian(out[..., :d], out[..., d:])
