@@ -14,6 +14,7 @@ a restore recomputes it, so a damaged or unrecorded checkpoint is never used.
 import hashlib
 import json
 import os
+import shutil
 
 import jax
 import numpy as np
@@ -72,11 +73,15 @@ def digest(flat: dict) -> str:
 class Checkpointer:
     """Saves and restores training states under `directory`, one sub-folder per epoch."""
 
-    def __init__(self, directory: str, max_to_keep: int = 2):
-        # A save cut short (a kill, a full disk) leaves a temporary folder: removed on open.
+    def __init__(self, directory: str, max_to_keep: int = 2, writer: bool = False):
+        """`writer`: the run's one writer (it holds the run lock), which first removes what
+        a save cut short (by a kill or a full disk) left: every folder not named by an epoch."""
+        if writer and os.path.isdir(directory):
+            for entry in os.scandir(directory):
+                if entry.is_dir() and not entry.name.isdigit():
+                    shutil.rmtree(entry.path)
         options = ocp.CheckpointManagerOptions(max_to_keep=max_to_keep,
-                                               enable_async_checkpointing=False,
-                                               cleanup_tmp_directories=True)
+                                               enable_async_checkpointing=False)
         self._manager = ocp.CheckpointManager(os.path.abspath(directory), options=options)
         self._integrity = os.path.join(os.path.abspath(directory), "integrity.json")
 

@@ -402,7 +402,7 @@ def _train(config, workdir, data, trainer, state, resume, progress, stepwise, st
     write_json(workdir / "data.json", {"image_shape": list(train.shape[1:]),
                                        "num_train": train.shape[0], "num_test": test.shape[0],
                                        "has_labels": data.train_labels is not None})
-    checkpointer = Checkpointer(str(workdir / "checkpoints"))
+    checkpointer = Checkpointer(str(workdir / "checkpoints"), writer=True)
     records = []
     if resume and checkpointer.epochs():
         start, state = _restore_latest(checkpointer, workdir, state, discard_damaged=True)

@@ -109,5 +109,8 @@ def test_a_full_disk_mid_run_names_the_cause_and_resume_finishes(tmp_path, capsy
     assert err == [f"vaejax train: No space left on device: a file of {workdir} could not be "
                    "written; the checkpoint of epoch 2 is kept. Free some space and continue "
                    "with --resume"]
+    leftover = workdir / "checkpoints" / "3.orbax-checkpoint-tmp-1733"  # what a cut save leaves
+    leftover.mkdir()
     rc, err = _resume(workdir, capsys, epochs=3)
     assert rc == 0 and not any("lacks" in line for line in err)
+    assert not leftover.exists()
