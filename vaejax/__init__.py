@@ -16,6 +16,8 @@ from vaejax.core.discrete import (
     uniform_categorical_log_prob,
 )
 from vaejax.core.divergences import closed_form_kl, kl_divergence, register_kl
+from vaejax.core.dreg import DregTerms, iwae_dreg, scale_gradient
+from vaejax.core.flows import MADE, FlowPosterior, Planar, iaf_step, planar_step
 from vaejax.core.gaussian import (
     diag_normal_entropy,
     diag_normal_log_prob,
@@ -34,6 +36,7 @@ from vaejax.core.likelihoods import (
     continuous_bernoulli_mean,
     gaussian_log_likelihood,
 )
+from vaejax.core.hierarchical import HierarchicalTerms, hierarchical_elbo
 from vaejax.core.linear_gaussian import LinearGaussian
 from vaejax.core.objectives import (
     ElboTerms,
@@ -51,9 +54,14 @@ __all__ = [
     "Categorical",
     "CholeskyGaussian",
     "DiagonalGaussian",
+    "DregTerms",
     "ElboTerms",
+    "FlowPosterior",
+    "HierarchicalTerms",
     "LinearGaussian",
+    "MADE",
     "MixtureOfGaussians",
+    "Planar",
     "Posterior",
     "Prior",
     "StandardNormal",
@@ -70,8 +78,11 @@ __all__ = [
     "elbo",
     "gaussian_log_likelihood",
     "gumbel_softmax",
+    "hierarchical_elbo",
+    "iaf_step",
     "importance_log_likelihood",
     "iwae_bound",
+    "iwae_dreg",
     "kl_categorical",
     "kl_diag_normals",
     "kl_divergence",
@@ -81,9 +92,11 @@ __all__ = [
     "log_importance_weights",
     "mvn_tril_entropy",
     "mvn_tril_log_prob",
+    "planar_step",
     "register_kl",
     "reparameterize",
     "reparameterize_tril",
+    "scale_gradient",
     "score_function_surrogate",
     "sparse_penalty",
     "standard_normal_log_prob",

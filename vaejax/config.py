@@ -200,7 +200,7 @@ def validate(config: TrainConfig) -> TrainConfig:
     _require(config.temperature_decay >= 0, "temperature_decay must be >= 0")
     _require(config.dual_learning_rate > 0, "dual_learning_rate must be > 0")
     _require(config.eval_batch_size >= 1, "eval_batch_size must be >= 1")
-    if config.objective == "iwae":
+    if config.objective in ("iwae", "iwae-dreg"):
         _require(m.posterior != "categorical", "the IWAE objective needs a Gaussian posterior")
         # The bound has no KL term of its own to weight, warm up or constrain.
         for name, default in (("betas", (1.0,)), ("kl_warmup_epochs", 0), ("free_bits", 0.0),

@@ -115,6 +115,26 @@ def iwae(num_samples: int) -> Objective:
     return objective
 
 
+def iwae_dreg(num_samples: int) -> Objective:
+    """−L_k with doubly reparameterized gradients (Tucker et al. 2019): the encoder's
+    gradient without its score term, the decoder's and prior's as IWAE's.
+
+    The loss is DReG's surrogate (its value is not the bound). Metrics: `iwae_bound`,
+    and `elbo`, the mean log-weight of the same draws.
+    """
+    def objective(model, batch, key, hyper):
+        from flax import nnx
+        graphdef, state = nnx.split(model)
+        # q with every parameter stopped, those of networks it calls inside included.
+        stopped = nnx.merge(graphdef, jax.tree.map(jax.lax.stop_gradient, state))
+        terms = vaejax.iwae_dreg(key, batch.x, model.encode(batch.x), model.log_likelihood,
+                                 num_samples, prior=model.prior, stopped=stopped.encode(batch.x))
+        return -jnp.mean(terms.surrogate), {"iwae_bound": jnp.mean(terms.bound),
+                                            "elbo": jnp.mean(terms.log_weights)}
+
+    return objective
+
+
 def eval_terms(model, x, key) -> vaejax.ElboTerms:
     """Per-example test ELBO terms: β = 1, one draw, the registered closed-form KL.
 
@@ -127,6 +147,7 @@ def eval_terms(model, x, key) -> vaejax.ElboTerms:
 _REGISTRY: dict[str, Callable[[Any], Objective]] = {
     "elbo": lambda c: elbo(c.num_samples, c.free_bits, c.estimator),
     "iwae": lambda c: iwae(c.num_samples),
+    "iwae-dreg": lambda c: iwae_dreg(c.num_samples),
 }
 CUSTOM = "custom"  # the objective of a run given an objective function in Python
 

@@ -17,7 +17,7 @@ QUICK = ["--epochs", "2", "--checkpoint-every", "1", "--hidden", "32", "--latent
     ("vampprior", models.VampVAE, []),
     ("vae-planar", models.FlowVAE, []),
     ("vae-iaf", models.FlowVAE, ["--objective", "iwae", "-k", "3"]),
-    ("two-layer", models.TwoLayerVAE, ["--objective", "iwae", "-k", "3"]),
+    ("two-layer", models.TwoLayerVAE, ["--objective", "iwae-dreg", "-k", "3"]),
     ("two-layer-vampprior", models.TwoLayerVAE, []),
 ])
 def test_family_trains_evaluates_and_loads(tmp_path, family, kind, extra):
