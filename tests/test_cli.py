@@ -1,13 +1,15 @@
 """The `vaejax` command: a complete run, evaluation, sampling, and one clear error per bad input."""
 
 import json
+import subprocess
+import sys
 
 import numpy as np
 import pytest
 
 from vaejax import input_pipeline
 from vaejax.cli import main
-from vaejax.config import PRESETS
+from vaejax.config import LR_SCHEDULES, POSTERIORS, PRESETS, TrainConfig
 
 QUICK = ["--epochs", "2", "--hidden", "32", "--latent-dim", "3", "--no-progress"]
 
@@ -36,6 +38,33 @@ def test_train_evaluate_sample(tmp_path, capsys):
     assert main(["sample", "--workdir", str(run)]) == 0
     for name in ("samples.png", "interpolations.png", "traversals.png"):
         assert (run / "samples" / name).stat().st_size > 0
+
+
+def test_python_m_vaejax_help_shows_choices_and_defaults():
+    """`python -m vaejax` is the command; train --help lists each flag's choices and the
+    default TrainConfig() gives it."""
+    out = subprocess.run([sys.executable, "-m", "vaejax", "train", "--help"], capture_output=True,
+                         text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    text = " ".join(out.stdout.split())  # argparse wraps the help text
+    config = TrainConfig()
+    for expected in (f"one of {', '.join(input_pipeline.KNOWN_DATASETS)}",
+                     f"one of {', '.join(POSTERIORS)} (default: {config.model.posterior})",
+                     f"one of {', '.join(LR_SCHEDULES)}", "one of elbo, iwae",
+                     f"--epochs EPOCHS (default: {config.epochs})",
+                     f"(default: {config.learning_rate})",
+                     f"e.g. 200,200 (default: {','.join(map(str, config.model.hidden))})"):
+        assert expected in text, expected
+
+
+def test_usage_error_is_one_line_and_a_hint(capsys):
+    """A malformed flag: argparse's one line and where to look, not the usage block; exit 2."""
+    with pytest.raises(SystemExit) as stop:
+        main(["train", "--epochs", "x"])
+    assert stop.value.code == 2
+    assert capsys.readouterr().err.splitlines() == [
+        "vaejax train: error: argument --epochs: invalid int value: 'x'",
+        "try 'vaejax train --help'"]
 
 
 def test_beta_sweep_from_the_command_line(tmp_path):

@@ -267,6 +267,35 @@ def test_wrong_files_fail_the_checksum(layout, tmp_path, no_env):
                       manual_dir=manual_dir)
 
 
+@needs_tfds
+def test_preparing_prints_one_line(tmp_path, no_env, capfd, caplog, monkeypatch):
+    """TFDS's progress bars, notices and log lines are silenced: one line says what happens."""
+    tfds = ip._import_tfds("tiny_images")
+
+    class TinyImages(tfds.core.GeneratorBasedBuilder):  # TFDS's machinery on 4 images
+        VERSION = tfds.core.Version("1.0.0")
+        pkg_dir_path = tfds.core.Path(tmp_path)  # where TFDS would look for its metadata
+
+        def _info(self):
+            image = tfds.features.Image(shape=(2, 2, 1))
+            return self.dataset_info_from_configs(features=tfds.features.FeaturesDict(
+                {"image": image}))
+
+        def _split_generators(self, dl_manager):
+            return {"train": self._generate_examples()}
+
+        def _generate_examples(self):
+            for i in range(4):
+                yield i, {"image": np.full((2, 2, 1), 255 * (i % 2), np.uint8)}
+
+    monkeypatch.setitem(ip._TFDS_SOURCES, "tiny_images", ip._TfdsSource(("train",), (), "", 255.0))
+    images, _ = ip._load_tfds("tiny_images", "train", tmp_path / "cache", tmp_path)
+    assert images.shape == (4, 2, 2, 1)
+    out, err = capfd.readouterr()
+    assert out == "" and err.startswith("vaejax: preparing tiny_images from"), (out, err)
+    assert len(err.splitlines()) == 1 and not caplog.records, (err, caplog.records)
+
+
 # TFDS data sets, prepared offline from ../shared/data.
 
 def _xdist_root(tmp_path_factory):

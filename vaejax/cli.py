@@ -12,7 +12,9 @@ import sys
 import time
 from pathlib import Path
 
-from vaejax.config import PRESETS, ConfigError, TrainConfig
+from vaejax.config import (ACTIVATIONS, ESTIMATORS, LIKELIHOODS, LR_SCHEDULES, POSTERIORS, PRESETS,
+                           ConfigError, TrainConfig)
+from vaejax.input_pipeline import BINARIZATIONS, KNOWN_DATASETS
 
 _EXIT_USAGE = 2
 
@@ -51,15 +53,45 @@ def _add_data_flags(p):
                    "~/tensorflow_datasets)")
 
 
+class _Parser(argparse.ArgumentParser):
+    """A usage error is one line and a hint, not the whole usage block."""
+
+    def error(self, message):
+        self.exit(_EXIT_USAGE, f"{self.prog}: error: {message}\ntry '{self.prog} --help'\n")
+
+
+def _shown(value) -> str:
+    if value is None:
+        return "none"
+    return ",".join(map(str, value)) if isinstance(value, tuple) else str(value)
+
+
+def _document_defaults(parser) -> None:
+    """Appends to each train flag's help its choices and its default, which TrainConfig() gives
+    (the flags themselves have none, so that a resumed run keeps its own settings)."""
+    from vaejax import objectives
+    choices = {"dataset": KNOWN_DATASETS, "activation": ACTIVATIONS, "posterior": POSTERIORS,
+               "likelihood": LIKELIHOODS, "binarization": BINARIZATIONS, "estimator": ESTIMATORS,
+               "objective": objectives.names(), "lr_schedule": LR_SCHEDULES}
+    config = TrainConfig()
+    for action in parser._actions:
+        if action.dest not in _TRAIN_FLAGS + _MODEL_FLAGS:
+            continue
+        settings = config.model if action.dest in _MODEL_FLAGS else config
+        notes = [f"one of {', '.join(choices[action.dest])}"] if action.dest in choices else []
+        notes += [action.help] if action.help else []
+        default = f"(default: {_shown(getattr(settings, action.dest))})"
+        action.help = " ".join(["; ".join(notes), default]) if notes else default
+
+
 def _parser():
-    parser = argparse.ArgumentParser(prog="vaejax", description="Variational autoencoders in JAX.")
+    parser = _Parser(prog="vaejax", description="Variational autoencoders in JAX.")
     sub = parser.add_subparsers(dest="command", required=True)
 
     t = sub.add_parser("train", help="train models and write a run folder",
                        argument_default=argparse.SUPPRESS)
-    t.add_argument("--dataset", help="digits (default, offline), mnist, binarized_mnist, "
-                   "fashion_mnist, cifar10")
-    t.add_argument("--model", dest="family", help="model family: vae (default), or one "
+    t.add_argument("--dataset", help="digits is offline, the others are read through TFDS")
+    t.add_argument("--model", dest="family", help="model family: vae, or one "
                    "registered with vaejax.models.register or offered as a 'vaejax.models' entry point")
     t.add_argument("--preset", choices=sorted(PRESETS), help="architecture preset (default: digits)")
     t.add_argument("--architecture", choices=("mlp", "conv"))
@@ -67,12 +99,12 @@ def _parser():
     t.add_argument("--conv-channels", type=_ints)
     t.add_argument("--activation")
     t.add_argument("--latent-dim", type=int, help="latent size (categorical: number of variables)")
-    t.add_argument("--posterior", help="diagonal, full or categorical")
+    t.add_argument("--posterior")
     t.add_argument("--categories", dest="num_categories", type=int)
-    t.add_argument("--likelihood", help="bernoulli, gaussian or continuous_bernoulli")
+    t.add_argument("--likelihood")
     t.add_argument("--gaussian-scale", type=_scale, help="fixed σ of a Gaussian decoder, or 'learned'")
-    t.add_argument("--binarization", help="dynamic (default), static or none")
-    t.add_argument("--objective", help="elbo (default), iwae, or a registered objective")
+    t.add_argument("--binarization")
+    t.add_argument("--objective", help="or one registered with vaejax.objectives.register")
     t.add_argument("-k", "--num-samples", type=int, help="samples per example (IWAE k)")
     t.add_argument("--beta", dest="betas", type=_floats, help="β values, one model each: 0.5,1,4")
     t.add_argument("--seeds", type=_ints, help="seeds, one model each: 0,1,2")
@@ -80,14 +112,14 @@ def _parser():
     t.add_argument("--free-bits", type=float, help="nats per latent dimension")
     t.add_argument("--kl-target", type=float, help="δ of the constrained form KL ≤ δ (β by dual ascent)")
     t.add_argument("--dual-lr", dest="dual_learning_rate", type=float)
-    t.add_argument("--estimator", help="gumbel_softmax or score_function (categorical latents)")
+    t.add_argument("--estimator", help="gradient estimator for categorical latents")
     t.add_argument("--temperature", type=float)
     t.add_argument("--min-temperature", type=float)
     t.add_argument("--temperature-decay", type=float)
     t.add_argument("--epochs", type=int)
     t.add_argument("--batch-size", type=int)
     t.add_argument("--learning-rate", "--lr", dest="learning_rate", type=float)
-    t.add_argument("--lr-schedule", help="constant (default) or cosine (decay to 0 over the epochs)")
+    t.add_argument("--lr-schedule", help="cosine decays to 0 over the epochs")
     t.add_argument("--devices", type=int, help="devices to shard each batch over")
     t.add_argument("--checkpoint-every", type=int)
     t.add_argument("--workdir", help="run folder (default: runs/DATASET-TIME)")
@@ -97,21 +129,25 @@ def _parser():
     t.add_argument("--stepwise", action="store_true",
                    help="one jitted step per host batch instead of whole-epoch programs")
     t.add_argument("--no-progress", action="store_true")
+    _document_defaults(t)
     _add_data_flags(t)
 
     e = sub.add_parser("evaluate", help="importance-sampled test log-likelihood of a run")
     e.add_argument("--workdir", required=True)
-    e.add_argument("-k", "--num-samples", type=int, default=5000)
-    e.add_argument("--chunk-size", type=int, default=100,
-                   help="draws per chunk; a chunk holds chunk × batch decoded images")
-    e.add_argument("--batch-size", type=int, default=100, help="test images per compiled call")
+    e.add_argument("-k", "--num-samples", type=int, default=5000,
+                   help="importance samples per test image (default: %(default)s)")
+    e.add_argument("--chunk-size", type=int, default=100, help="draws per chunk; a chunk holds "
+                   "chunk × batch decoded images (default: %(default)s)")
+    e.add_argument("--batch-size", type=int, default=100,
+                   help="test images per compiled call (default: %(default)s)")
     e.add_argument("--no-progress", action="store_true")
     _add_data_flags(e)
 
     s = sub.add_parser("sample", help="sample grid, interpolations and latent traversals of a run")
     s.add_argument("--workdir", required=True)
-    s.add_argument("--model", type=int, default=0, help="which model of a sweep")
-    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--model", type=int, default=0,
+                   help="which model of a sweep (default: %(default)s)")
+    s.add_argument("--seed", type=int, default=0, help="of the samples (default: %(default)s)")
     s.add_argument("--out", help="folder for the figures (default: WORKDIR/samples)")
     _add_data_flags(s)
     return parser

@@ -83,9 +83,14 @@ def active_units(codes: np.ndarray, threshold: float = 0.01) -> np.ndarray:
     Returns:
       counts, shape (models,).
     """
+    return np.sum(unit_variances(codes) > threshold, axis=-1)
+
+
+def unit_variances(codes: np.ndarray) -> np.ndarray:
+    """Cov_x(E_q[z|x]) of each latent variable (summed over a categorical's K probabilities):
+    codes (models, N, d, ...) → (models, d)."""
     variance = np.var(codes, axis=1)
-    per_variable = variance.reshape(*variance.shape[:2], -1).sum(axis=-1)
-    return np.sum(per_variable > threshold, axis=-1)
+    return variance.reshape(*variance.shape[:2], -1).sum(axis=-1)
 
 
 def linear_probe_accuracy(train_codes, train_labels, test_codes, test_labels) -> float:

@@ -28,8 +28,12 @@ with a fixed key so every run is scored on the same binary images.
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
+import io
+import logging
 import os
+import sys
 from pathlib import Path
 from typing import NamedTuple
 
@@ -278,11 +282,12 @@ def _load_tfds(name: str, split: str, data_dir: str | None,
     folder = None if _looks_prepared(root, name) else _manual_folder(
         name, manual_dir, root)
     tfds = _import_tfds(name)
-    builder = tfds.builder(name, data_dir=os.fspath(root))
-    if not builder.is_prepared():
-        _prepare(tfds, builder, name,
-                 folder or _manual_folder(name, manual_dir, root))
-    arrays = tfds.as_numpy(builder.as_dataset(split=split, batch_size=-1))
+    with _quiet(tfds):
+        builder = tfds.builder(name, data_dir=os.fspath(root))
+        if not builder.is_prepared():
+            _prepare(tfds, builder, name,
+                     folder or _manual_folder(name, manual_dir, root))
+        arrays = tfds.as_numpy(builder.as_dataset(split=split, batch_size=-1))
     images = arrays["image"].astype(np.float32) / np.float32(
         _TFDS_SOURCES[name].divisor)
     labels = arrays.get("label")
@@ -372,8 +377,26 @@ def _import_tfds(name: str):
     return tfds
 
 
+@contextlib.contextmanager
+def _quiet(tfds):
+    """TFDS without its progress bars, printed notices and absl log lines below errors:
+    they would bury the caller's own output."""
+    absl_logger = logging.getLogger("absl")
+    level = absl_logger.level
+    absl_logger.setLevel(logging.ERROR)
+    tfds.disable_progress_bar()
+    try:
+        with contextlib.redirect_stdout(io.StringIO()):
+            yield
+    finally:
+        tfds.display_progress_bar(True)  # TFDS's default, for the caller's own use of it
+        absl_logger.setLevel(level)
+
+
 def _prepare(tfds, builder, name: str, folder: Path) -> None:
     """Prepares the data set in the builder's data_dir from the manual folder."""
+    print(f"vaejax: preparing {name} from {folder} into {builder.data_dir} (once)",
+          file=sys.stderr)
     config = tfds.download.DownloadConfig(
         manual_dir=os.fspath(folder), try_download_gcs=False)
     try:

@@ -13,6 +13,9 @@ import jax.numpy as jnp
 import numpy as np
 from matplotlib.figure import Figure
 
+import vaejax
+from vaejax import evaluation
+
 
 def tile(images: np.ndarray, cols: int) -> np.ndarray:
     """(N, H, W, C) images → one (rows·H, cols·W, C) mosaic with 1-pixel gaps."""
@@ -49,9 +52,23 @@ def _model_labels(trainer):
     return [f"seed {s}, β={b:g}" for s, b in trainer.replicas()]
 
 
+def _model_panels(k: int, max_cols: int = 4):
+    """(figure, axes) for one panel per model, at most max_cols to a row; spare axes hidden."""
+    cols = min(k, max_cols)
+    rows = -(-k // cols)
+    fig, axes = subplots(rows, cols, figsize=(3.2 * cols, 3.4 * rows))
+    for ax in axes.flat[k:]:
+        ax.set_axis_off()
+    return fig, axes.ravel()
+
+
 def write_run_figures(workdir, trainer, state, test: np.ndarray, records: list[dict],
-                      num_images: int = 64) -> None:
-    """Writes samples.png, reconstructions.png and curves.png into workdir."""
+                      num_images: int = 64) -> dict[str, list[np.ndarray]]:
+    """Writes samples.png, reconstructions.png and curves.png into workdir.
+
+    Returns:
+      the image grids by name ("samples", "reconstructions"), one (H, W, C) array per model.
+    """
     workdir = Path(workdir)
     x = jnp.asarray(test[:num_images // 2])
 
@@ -63,18 +80,18 @@ def write_run_figures(workdir, trainer, state, test: np.ndarray, records: list[d
     samples, recons = jax.device_get(jax.jit(trainer.per_model(pictures, (0,)))(
         (state.params, state.rest)))
     labels = _model_labels(trainer)
-    k = len(labels)
-    fig, axes = subplots(1, k, figsize=(3.2 * k, 3.4))
-    for ax, images, label in zip(axes[0], samples, labels):
-        _show(ax, tile(images, 8), f"samples z ~ p(z), {label}")
-    save(fig, workdir / "samples.png")
-
-    fig, axes = subplots(1, k, figsize=(3.2 * k, 3.4))
-    for ax, images, label in zip(axes[0], recons, labels):
-        pairs = np.concatenate([np.asarray(x), images], axis=2)  # data | reconstruction
-        _show(ax, tile(pairs, 4), f"data | reconstruction, {label}")
-    save(fig, workdir / "reconstructions.png")
+    grids = {"samples": [tile(images, 8) for images in samples],
+             # data | reconstruction, side by side
+             "reconstructions": [tile(np.concatenate([np.asarray(x), images], axis=2), 4)
+                                 for images in recons]}
+    for name, title in (("samples", "samples z ~ p(z)"),
+                        ("reconstructions", "data | reconstruction")):
+        fig, axes = _model_panels(len(labels))
+        for ax, grid, label in zip(axes, grids[name], labels):
+            _show(ax, grid, f"{title}, {label}")
+        save(fig, workdir / f"{name}.png")
     write_curves(workdir / "curves.png", records, labels)
+    return grids
 
 
 def write_curves(path: Path, records: list[dict], labels: list[str]) -> None:
@@ -86,10 +103,13 @@ def write_curves(path: Path, records: list[dict], labels: list[str]) -> None:
     for i, label in enumerate(labels):
         mine = [r for r in records if r["model"] == i]
         epochs = [r["epoch"] for r in mine]
-        axes[0].plot(epochs, [r["test_elbo"] for r in mine], label=label)
+        line, = axes[0].plot(epochs, [r["test_elbo"] for r in mine], label=label)
+        if "train_elbo" in mine[0]:  # an objective of its own may report no ELBO
+            axes[0].plot(epochs, [r["train_elbo"] for r in mine], "--", color=line.get_color())
         axes[1].plot(epochs, [r["rate"] for r in mine])
         axes[2].plot(epochs, [r["distortion"] for r in mine])
-    for ax, name in zip(axes, ("test ELBO (nats)", "rate KL (nats)", "distortion −E log p(x|z)")):
+    for ax, name in zip(axes, ("ELBO (nats): test —, train - -", "test rate KL (nats)",
+                               "test distortion −E log p(x|z)")):
         ax.set_xlabel("epoch")
         ax.set_title(name, fontsize=10)
     if len(labels) <= 10:
@@ -107,24 +127,63 @@ def write_curves(path: Path, records: list[dict], labels: list[str]) -> None:
     save(fig, path)
 
 
-def _traversal_codes(base, steps: int):
-    """Codes varying one latent at a time around `base`: (variables, steps, *code).
+def _unit_kl(q, prior):
+    """KL(q(z_j|x) ‖ p(z_j)) per image and latent variable j where both factorise over j."""
+    if isinstance(q, vaejax.DiagonalGaussian) and isinstance(prior, vaejax.StandardNormal):
+        return vaejax.kl_standard_normal(q.mean[..., None], q.log_var[..., None])
+    if isinstance(q, vaejax.Categorical) and isinstance(prior, vaejax.UniformCategorical):
+        return vaejax.kl_categorical(q.logits, jnp.zeros_like(q.logits))
+    return None
 
-    A vector code (d,) sweeps each of its first 10 entries over [−3, 3]; a
-    one-hot code (d, K) sets each variable to each of its K categories.
+
+def latent_activity(model, images: np.ndarray, batch_size: int = 1000):
+    """How much the model uses each latent variable on the images: (values (d,), in_nats).
+
+    Where q(z|x) and p(z) factorise over the variables (a diagonal Gaussian and N(0, I), a
+    categorical and the uniform prior), the mean over images of KL(q(z_j|x) ‖ p(z_j)): the
+    variable's share of the rate, in nats. Otherwise (a full covariance, a learned prior),
+    Var_x E_q[z_j], the active-units statistic.
+    """
+    posteriors = [model.encode(jnp.asarray(images[i:i + batch_size]))
+                  for i in range(0, images.shape[0], batch_size)]
+    kls = [_unit_kl(q, model.prior) for q in posteriors]
+    if kls[0] is not None:
+        return np.concatenate(kls).mean(axis=0), True
+    codes = np.concatenate([q.mean for q in posteriors])
+    return evaluation.unit_variances(codes[None])[0], False
+
+
+def _traversal_codes(base, steps: int, units):
+    """Codes varying one latent variable of `units` at a time around `base`:
+    (len(units), steps, *code).
+
+    A vector code (d,) sweeps the entry over [−3, 3]; a one-hot code (d, K)
+    sets the variable to each of its K categories.
     """
     if base.ndim == 2:
-        d, k = base.shape
-        eye = jnp.eye(k)
-        return jnp.stack([jnp.stack([base.at[j].set(eye[c]) for c in range(k)]) for j in range(d)])
+        eye = jnp.eye(base.shape[1])
+        return jnp.stack([jnp.stack([base.at[j].set(row) for row in eye]) for j in units])
     values = jnp.linspace(-3.0, 3.0, steps)
-    dims = min(base.shape[-1], 10)
-    return jnp.stack([jnp.tile(base, (steps, 1)).at[:, j].set(values) for j in range(dims)])
+    return jnp.stack([jnp.tile(base, (steps, 1)).at[:, j].set(values) for j in units])
+
+
+def _label_rows(ax, labels, height: int) -> None:
+    """Writes a label left of each row of a mosaic of images `height` pixels tall."""
+    ax.set_axis_on()
+    ax.set_xticks([])
+    ax.set_yticks([r * (height + 1) + (height - 1) / 2 for r in range(len(labels))], labels,
+                  fontsize=7)
+    for spine in ax.spines.values():
+        spine.set_visible(False)
 
 
 def write_sample_figures(outdir, trainer, state, test: np.ndarray, model_index: int = 0,
-                         seed: int = 0, steps: int = 9) -> list[Path]:
-    """samples.png, interpolations.png and traversals.png of one model; returns the paths."""
+                         seed: int = 0, steps: int = 9, num_units: int = 10) -> list[Path]:
+    """samples.png, interpolations.png and traversals.png of one model; returns the paths.
+
+    The traversals vary the `num_units` most active latent variables (`latent_activity` on
+    the test images), most active first, each row labelled with its activity.
+    """
     outdir = Path(outdir)
     model = trainer.models(state)[model_index]
     key = jax.random.PRNGKey(seed)
@@ -132,17 +191,23 @@ def write_sample_figures(outdir, trainer, state, test: np.ndarray, model_index: 
     codes = model.encode(jnp.asarray(test[:16])).mode()
     t = jnp.linspace(0.0, 1.0, steps).reshape(-1, *([1] * (codes.ndim - 1)))
     interpolations = model.mean_image((1 - t) * codes[0:8:2][:, None] + t * codes[1:8:2][:, None])
-    traversals = model.mean_image(_traversal_codes(codes[0], steps))
+    activity, in_nats = latent_activity(model, test)
+    units = np.argsort(-activity, kind="stable")[:num_units]
+    traversals = model.mean_image(_traversal_codes(codes[0], steps, units))
     label = _model_labels(trainer)[model_index]
+    unit_labels = [f"z{j}: {activity[j]:.2f} nats" if in_nats else
+                   f"z{j}: Var E[z] {activity[j]:.3f}" for j in units]
     paths = []
-    for name, images, cols, title in (
-            ("samples.png", np.asarray(samples), 8, f"samples z ~ p(z), {label}"),
+    for name, images, cols, title, row_labels in (
+            ("samples.png", np.asarray(samples), 8, f"samples z ~ p(z), {label}", None),
             ("interpolations.png", np.asarray(interpolations).reshape(-1, *test.shape[1:]), steps,
-             "interpolations between posterior codes of test images"),
+             "interpolations between posterior codes of test images", None),
             ("traversals.png", np.asarray(traversals).reshape(-1, *test.shape[1:]),
-             traversals.shape[1], "latent traversals: one latent varied per row")):
+             traversals.shape[1], "latent traversals, most active latent first", unit_labels)):
         fig, ax = subplots(figsize=(0.45 * cols + 1, 0.45 * (-(-images.shape[0] // cols)) + 0.6))
         _show(ax[0, 0], tile(images, cols), title)
+        if row_labels:
+            _label_rows(ax[0, 0], row_labels, test.shape[1])
         save(fig, outdir / name)
         paths.append(outdir / name)
     return paths

@@ -4,7 +4,8 @@ the trained models back into Python.
 
 The run folder holds config.json, data.json (image shape and split sizes, so a
 run loads without its data), metrics.jsonl (one line per epoch per model),
-summary.json, samples.png, reconstructions.png, curves.png and checkpoints/.
+summary.json, samples.png, reconstructions.png, curves.png, tensorboard/ (one folder
+of TensorBoard events per model) and checkpoints/.
 """
 
 import contextlib
@@ -29,6 +30,7 @@ from vaejax import input_pipeline, interrupts, models, objectives
 from vaejax.checkpoints import Checkpointer, DamagedCheckpointError
 from vaejax.config import ConfigError, TrainConfig, validate
 from vaejax.objectives import Batch
+from vaejax.summaries import TensorBoard
 from vaejax.trainer import Trainer, TrainState
 
 
@@ -249,7 +251,11 @@ def prepare_data(config: TrainConfig, data_dir=None, manual_dir=None) -> RunData
 def _check_devices(config: TrainConfig) -> None:
     available = len(jax.devices())
     if config.devices > available:
-        raise ConfigError(f"{config.devices} devices asked for, {available} available")
+        n = config.devices
+        hint = (f"; for {n} CPU devices, call jax.config.update('jax_num_cpu_devices', {n}) before "
+                f"JAX first computes, or set XLA_FLAGS=--xla_force_host_platform_device_count={n}"
+                if jax.default_backend() == "cpu" else "")
+        raise ConfigError(f"{config.devices} devices asked for, {available} available{hint}")
     if config.batch_size % config.devices:
         raise ConfigError(f"batch size {config.batch_size} must be divisible by "
                           f"the {config.devices} devices it is sharded over")
@@ -411,7 +417,8 @@ def _train(config, workdir, data, trainer, state, resume, progress, stepwise, st
     bar = _progress(range(start, config.epochs), progress)
     examples = config.num_models * trainer.steps_per_epoch * config.batch_size
     done = start  # the last epoch committed to metrics.jsonl
-    with open(workdir / "metrics.jsonl", "a") as metrics_file:
+    with open(workdir / "metrics.jsonl", "a") as metrics_file, \
+            TensorBoard(workdir, config.num_models, purge_step=start + 1) as board:
         for epoch in bar:
             if stops.requested:
                 break
@@ -432,6 +439,7 @@ def _train(config, workdir, data, trainer, state, resume, progress, stepwise, st
                 records += epoch_records
                 metrics_file.write("".join(json.dumps(r) + "\n" for r in epoch_records))
                 metrics_file.flush()
+                board.scalars(epoch_records)
                 if done % config.checkpoint_every == 0 or done == config.epochs:
                     checkpointer.save(done, state)
                     stops.epoch = done
@@ -449,7 +457,9 @@ def _train(config, workdir, data, trainer, state, resume, progress, stepwise, st
     summary = _summary(config, trainer, records, config.epochs)
     write_json(workdir / "summary.json", summary)
     from vaejax import plots  # matplotlib only when figures are drawn
-    plots.write_run_figures(workdir, trainer, state, test, records)
+    grids = plots.write_run_figures(workdir, trainer, state, test, records)
+    with TensorBoard(workdir, config.num_models) as board:
+        board.images(grids, config.epochs)
     stops.check()  # a signal during the figures: the run is whole, but the caller asked to stop
     return summary
 

@@ -114,8 +114,10 @@ def test_binarization_is_defined_once():
 
 
 def test_light_imports():
-    """import vaejax pulls in neither Flax nor matplotlib; vaejax.evaluation no matplotlib."""
+    """import vaejax pulls in neither Flax nor matplotlib; vaejax.evaluation no matplotlib;
+    vaejax.train no TensorBoard writer until it trains."""
     code = ("import sys, vaejax; assert 'flax' not in sys.modules and 'matplotlib' not in "
-            "sys.modules; import vaejax.evaluation; assert 'matplotlib' not in sys.modules")
+            "sys.modules; import vaejax.evaluation; assert 'matplotlib' not in sys.modules; "
+            "import vaejax.train; assert 'tensorboardX' not in sys.modules")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-2000:]

@@ -2,7 +2,9 @@
 
 import dataclasses
 import json
+import sys
 import textwrap
+import types
 
 import jax
 import numpy as np
@@ -10,7 +12,7 @@ import pytest
 
 from vaejax import objectives
 from vaejax.checkpoints import Checkpointer
-from vaejax.config import TrainConfig
+from vaejax.config import ConfigError, TrainConfig
 from vaejax.train import (NonFiniteLossError, RunError, initial_params, read_metrics,
                           train_and_evaluate)
 from vaejax.trainer import Trainer
@@ -48,12 +50,34 @@ def test_run_folder_is_complete(tmp_path, small_config):
     assert json.loads((run / "summary.json").read_text()) == summary
 
 
-def test_interrupted_and_resumed_run_is_bitwise_equal(tmp_path, small_config):
-    """Stopping after epoch 4 (checkpoint every 2) and resuming ends bitwise where an unbroken run does."""
-    config = dataclasses.replace(small_config, epochs=6)
+def _assert_tensorboard_repeats_metrics(run, monkeypatch):
+    """Each model's folder under tensorboard/ holds every numeric field of metrics.jsonl per
+    epoch, once, with its value, and the final image grids."""
+    # TensorBoard's reader as without TensorFlow installed: importing TensorFlow takes seconds.
+    monkeypatch.setitem(sys.modules, "tensorboard.compat.notf", types.ModuleType("notf"))
+    accumulator = pytest.importorskip("tensorboard.backend.event_processing.event_accumulator")
+    records = read_metrics(run)
+    for model in sorted({r["model"] for r in records}):
+        events = accumulator.EventAccumulator(str(run / "tensorboard" / f"model_{model}"),
+                                              size_guidance={"scalars": 0}).Reload()
+        mine = [r for r in records if r["model"] == model]
+        scalars = sorted(k for k in mine[0] if k not in ("epoch", "model", "seed", "beta"))
+        assert {"train_elbo", "test_elbo", "rate", "examples_per_second"} <= set(scalars)
+        assert sorted(events.Tags()["scalars"]) == scalars
+        for key in scalars:
+            logged = [(e.step, e.value) for e in events.Scalars(key)]
+            assert logged == [(r["epoch"], pytest.approx(r[key], rel=1e-6)) for r in mine], key
+        assert sorted(events.Tags()["images"]) == ["reconstructions", "samples"]
+        assert [e.step for e in events.Images("samples")] == [mine[-1]["epoch"]]
+
+
+def test_interrupted_and_resumed_run_is_bitwise_equal(tmp_path, small_config, monkeypatch):
+    """Stopping in epoch 6 (checkpoint every 2, so epoch 5 is trained again) and resuming ends
+    bitwise where an unbroken run does; TensorBoard shows each epoch once."""
+    config = dataclasses.replace(small_config, epochs=6, betas=(0.5, 1.0))
     train_and_evaluate(config, tmp_path / "whole", progress=False)
 
-    with interrupted_at(4):
+    with interrupted_at(5):
         train_and_evaluate(config, tmp_path / "broken", progress=False)
     assert _final_leaves(tmp_path / "broken", config)[0] == 4
     train_and_evaluate(config, tmp_path / "broken", resume=True, progress=False)
@@ -63,7 +87,9 @@ def test_interrupted_and_resumed_run_is_bitwise_equal(tmp_path, small_config):
     assert epoch_a == epoch_b == 6
     for a, b in zip(whole, resumed):
         np.testing.assert_array_equal(a, b)
-    assert [r["epoch"] for r in read_metrics(tmp_path / "broken")] == [1, 2, 3, 4, 5, 6]
+    assert [r["epoch"] for r in read_metrics(tmp_path / "broken")] == [e for e in range(1, 7)
+                                                                        for _ in (0, 1)]
+    _assert_tensorboard_repeats_metrics(tmp_path / "broken", monkeypatch)
 
 
 def test_resume_extends_a_finished_run(tmp_path, small_config):
@@ -77,6 +103,15 @@ def test_resume_extends_a_finished_run(tmp_path, small_config):
     with pytest.raises(RunError, match="learning_rate"):
         train_and_evaluate(dataclasses.replace(longer, learning_rate=0.1), tmp_path / "run",
                            resume=True, progress=False)
+
+
+def test_too_few_devices_says_how_to_get_host_devices(tmp_path, small_config):
+    """More devices than there are: the error names both ways to get N CPU devices."""
+    n = len(jax.devices()) + 1
+    with pytest.raises(ConfigError, match=rf"jax.config.update\('jax_num_cpu_devices', {n}\).*"
+                       rf"XLA_FLAGS=--xla_force_host_platform_device_count={n}"):
+        train_and_evaluate(dataclasses.replace(small_config, devices=n), tmp_path / "run")
+    assert not (tmp_path / "run").exists()
 
 
 def test_non_finite_loss_stops_and_keeps_last_checkpoint(tmp_path, small_config):
