@@ -103,60 +103,6 @@ def test_per_example_functions_of_an_empty_batch_are_empty(name):
     assert EMPTY_BATCH[name]().shape[0] == 0
 
 
-BAD_ARGUMENTS = {
-    "mvn_tril_entropy non-square": (lambda: vaejax.mvn_tril_entropy(jnp.ones((3, 2))),
-                                    r"\(\.\.\., d, d\)"),
-    "bernoulli x": (lambda: vaejax.bernoulli_log_likelihood(jnp.zeros((2, 3)), jnp.zeros((2, 4))),
-                    "broadcast.*x"),
-    "gaussian x": (lambda: vaejax.gaussian_log_likelihood(jnp.zeros((2, 3)), jnp.zeros((2, 4))),
-                   "broadcast.*x"),
-    "gaussian log_scale": (lambda: vaejax.gaussian_log_likelihood(
-        jnp.zeros((2, 3)), jnp.zeros((2, 3)), jnp.zeros(2)), "broadcast.*log_scale"),
-    "continuous_bernoulli x": (lambda: vaejax.continuous_bernoulli_log_likelihood(
-        jnp.zeros((2, 3)), jnp.zeros((2, 4))), "broadcast.*x"),
-    "diag_normal_log_prob z": (lambda: vaejax.diag_normal_log_prob(
-        jnp.zeros((2, 4)), jnp.zeros((2, 3)), jnp.zeros((2, 3))), "broadcast.*z"),
-    "mvn_tril_log_prob z": (lambda: vaejax.mvn_tril_log_prob(
-        jnp.zeros((2, 4)), jnp.zeros(3), jnp.eye(3)), "broadcast.*z"),
-    "categorical_log_prob one_hot": (lambda: vaejax.categorical_log_prob(
-        jnp.zeros((2, 3)), jnp.zeros((2, 4))), "broadcast.*one_hot"),
-    "score_function_surrogate": (lambda: vaejax.score_function_surrogate(
-        jnp.zeros(3), jnp.zeros(4)), "broadcast.*value"),
-    "iwae_bound scalar": (lambda: vaejax.iwae_bound(jnp.float32(1.0)), "no axis 0"),
-    "iwae_bound axis": (lambda: vaejax.iwae_bound(jnp.zeros((2, 3)), axis=5), "no axis 5"),
-    "iwae_bound K = 0": (lambda: vaejax.iwae_bound(jnp.zeros((0, 3))), ">= 1 samples"),
-    "leave_one_out_baseline axis": (lambda: vaejax.leave_one_out_baseline(jnp.zeros(3), axis=1),
-                                    "no axis 1"),
-    "reparameterize num_samples": (lambda: vaejax.reparameterize(
-        KEY, jnp.zeros(3), jnp.zeros(3), num_samples=-1), "num_samples must be >= 0"),
-    "posterior num_samples": (lambda: _diagonal().sample(KEY, -2), "num_samples must be >= 0"),
-    "Categorical num_samples": (lambda: vaejax.Categorical(jnp.zeros((2, 3))).sample(KEY, -1),
-                                "num_samples must be >= 0"),
-    "gumbel_softmax temperature 0": (lambda: vaejax.gumbel_softmax(KEY, jnp.zeros(3), 0.0),
-                                     "temperature"),
-    "gumbel_softmax temperature < 0": (lambda: vaejax.gumbel_softmax(
-        KEY, jnp.zeros(3), np.float32(-1.0)), "temperature"),
-    "elbo num_samples 0": (lambda: vaejax.elbo(KEY, jnp.zeros((2, 1)), _diagonal(),
-                                               _log_likelihood, num_samples=0),
-                           "num_samples must be >= 1"),
-    "corrupt level > 1": (lambda: vaejax.corrupt(KEY, jnp.ones(4), 1.5), "level"),
-    "corrupt level < 0": (lambda: vaejax.corrupt(KEY, jnp.ones(4), -0.1, "gaussian"), "level"),
-    "beta numpy": (lambda: vaejax.elbo(KEY, jnp.zeros((2, 1)), _diagonal(), _log_likelihood,
-                                       beta=np.float32(-1.0)), "beta"),
-    "beta jax": (lambda: vaejax.elbo(KEY, jnp.zeros((2, 1)), _diagonal(), _log_likelihood,
-                                     beta=jnp.float32(-1.0)), "beta"),
-    "beta nan": (lambda: vaejax.elbo(KEY, jnp.zeros((2, 1)), _diagonal(), _log_likelihood,
-                                     beta=float("nan")), "beta"),
-}
-
-
-@pytest.mark.parametrize("name", list(BAD_ARGUMENTS))
-def test_bad_arguments_raise_a_clear_value_error(name):
-    call, message = BAD_ARGUMENTS[name]
-    with pytest.raises(ValueError, match=message):
-        call()
-
-
 def test_value_checks_pass_traced_arguments_under_jit():
     """A traced β, τ or level is unknown at trace time: it is not checked, and does not fail."""
     loss = jax.jit(lambda beta: vaejax.elbo(KEY, jnp.zeros((2, 1)), _diagonal(), _log_likelihood,
@@ -169,3 +115,23 @@ def test_value_checks_pass_traced_arguments_under_jit():
 def test_a_gaussian_noise_level_may_exceed_one():
     """For "gaussian" the level is a standard deviation, not a probability."""
     assert vaejax.corrupt(KEY, jnp.ones(4), 1.5, "gaussian").shape == (4,)
+
+
+@pytest.mark.parametrize("fn", [
+    lambda z, log_var: vaejax.diag_normal_log_prob(z, z, log_var),
+    lambda z, log_var: vaejax.gaussian_log_likelihood(z, z, 0.5 * log_var),
+])
+def test_gaussian_densities_at_the_mean_of_a_tiny_variance_are_finite(fn):
+    z, log_var = jnp.zeros(2), jnp.full(2, -1e4)
+    assert np.isfinite(fn(z, log_var))
+    assert np.all(np.isfinite(jax.grad(lambda v: jnp.sum(fn(z, v)))(log_var)))
+
+
+@pytest.mark.parametrize("dtype", ["float16", "float32"])
+def test_gumbel_softmax_is_finite_for_small_temperatures_and_impossible_categories(dtype):
+    """(logits + g)/τ must not overflow, nor a −∞ logit make the gradient 0·∞."""
+    logits = jnp.asarray([1e4, -jnp.inf, 0.0], dtype)
+    fn = lambda logits, t: jnp.sum(vaejax.gumbel_softmax(KEY, logits, t)[:2])
+    assert np.isfinite(fn(logits, 1e-3))
+    grads = jax.grad(fn, argnums=(0, 1))(logits, jnp.asarray(1e-3, dtype))
+    assert all(np.all(np.isfinite(g)) for g in grads), grads

@@ -78,8 +78,15 @@ def gumbel_softmax(key: jax.Array, logits: ArrayLike, temperature: float | jax.A
     """
     _checks.in_range(temperature, "temperature", 0.0, open_low=True)
     logits = jnp.asarray(logits)
-    gumbel = jax.random.gumbel(key, logits.shape, logits.dtype)
-    y = jax.nn.softmax((logits + gumbel) / temperature, axis=-1)
+    # At least float32 inside: 1/τ² of the gradient overflows half precision for small τ.
+    dtype = jnp.promote_types(logits.dtype, jnp.float32)
+    perturbed = logits.astype(dtype) + jax.random.gumbel(key, logits.shape, logits.dtype)
+    # Shifted to a maximum of 0 (softmax is unchanged, so the shift carries no gradient)
+    # and floored where exp underflows anyway, so that neither a small τ nor a −∞
+    # logit overflows the quotient (0·∞ = NaN in the gradient).
+    perturbed = perturbed - jax.lax.stop_gradient(jnp.max(perturbed, axis=-1, keepdims=True))
+    floor = 2.0 * math.log(jnp.finfo(dtype).tiny) * temperature
+    y = jax.nn.softmax(jnp.maximum(perturbed, floor) / temperature, axis=-1).astype(logits.dtype)
     if not hard:
         return y
     one_hot = jax.nn.one_hot(jnp.argmax(y, axis=-1), logits.shape[-1], dtype=y.dtype)
