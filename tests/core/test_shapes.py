@@ -74,10 +74,65 @@ SHAPE_ERRORS = {
 }
 
 
-@pytest.mark.parametrize("name", list(SHAPE_ERRORS))
+def _diagonal(batch=2, d=3):
+    return vaejax.DiagonalGaussian(jnp.zeros((batch, d)), jnp.zeros((batch, d)))
+
+
+def _log_likelihood(z, x):
+    return -jnp.sum((z[..., :1] - x)**2, axis=-1)
+
+
+BAD_ARGUMENTS = {
+    "mvn_tril_entropy non-square": (lambda: vaejax.mvn_tril_entropy(jnp.ones((3, 2))),
+                                    r"\(\.\.\., d, d\)"),
+    "bernoulli x": (lambda: vaejax.bernoulli_log_likelihood(jnp.zeros((2, 3)), jnp.zeros((2, 4))),
+                    "broadcast.*x"),
+    "gaussian x": (lambda: vaejax.gaussian_log_likelihood(jnp.zeros((2, 3)), jnp.zeros((2, 4))),
+                   "broadcast.*x"),
+    "gaussian log_scale": (lambda: vaejax.gaussian_log_likelihood(
+        jnp.zeros((2, 3)), jnp.zeros((2, 3)), jnp.zeros(2)), "broadcast.*log_scale"),
+    "continuous_bernoulli x": (lambda: vaejax.continuous_bernoulli_log_likelihood(
+        jnp.zeros((2, 3)), jnp.zeros((2, 4))), "broadcast.*x"),
+    "diag_normal_log_prob z": (lambda: vaejax.diag_normal_log_prob(
+        jnp.zeros((2, 4)), jnp.zeros((2, 3)), jnp.zeros((2, 3))), "broadcast.*z"),
+    "mvn_tril_log_prob z": (lambda: vaejax.mvn_tril_log_prob(
+        jnp.zeros((2, 4)), jnp.zeros(3), jnp.eye(3)), "broadcast.*z"),
+    "categorical_log_prob one_hot": (lambda: vaejax.categorical_log_prob(
+        jnp.zeros((2, 3)), jnp.zeros((2, 4))), "broadcast.*one_hot"),
+    "score_function_surrogate": (lambda: vaejax.score_function_surrogate(
+        jnp.zeros(3), jnp.zeros(4)), "broadcast.*value"),
+    "iwae_bound scalar": (lambda: vaejax.iwae_bound(jnp.float32(1.0)), "no axis 0"),
+    "iwae_bound axis": (lambda: vaejax.iwae_bound(jnp.zeros((2, 3)), axis=5), "no axis 5"),
+    "iwae_bound K = 0": (lambda: vaejax.iwae_bound(jnp.zeros((0, 3))), ">= 1 samples"),
+    "leave_one_out_baseline axis": (lambda: vaejax.leave_one_out_baseline(jnp.zeros(3), axis=1),
+                                    "no axis 1"),
+    "reparameterize num_samples": (lambda: vaejax.reparameterize(
+        KEY, jnp.zeros(3), jnp.zeros(3), num_samples=-1), "num_samples must be >= 0"),
+    "posterior num_samples": (lambda: _diagonal().sample(KEY, -2), "num_samples must be >= 0"),
+    "Categorical num_samples": (lambda: vaejax.Categorical(jnp.zeros((2, 3))).sample(KEY, -1),
+                                "num_samples must be >= 0"),
+    "gumbel_softmax temperature 0": (lambda: vaejax.gumbel_softmax(KEY, jnp.zeros(3), 0.0),
+                                     "temperature"),
+    "gumbel_softmax temperature < 0": (lambda: vaejax.gumbel_softmax(
+        KEY, jnp.zeros(3), np.float32(-1.0)), "temperature"),
+    "elbo num_samples 0": (lambda: vaejax.elbo(KEY, jnp.zeros((2, 1)), _diagonal(),
+                                               _log_likelihood, num_samples=0),
+                           "num_samples must be >= 1"),
+    "corrupt level > 1": (lambda: vaejax.corrupt(KEY, jnp.ones(4), 1.5), "level"),
+    "corrupt level < 0": (lambda: vaejax.corrupt(KEY, jnp.ones(4), -0.1, "gaussian"), "level"),
+    "beta numpy": (lambda: vaejax.elbo(KEY, jnp.zeros((2, 1)), _diagonal(), _log_likelihood,
+                                       beta=np.float32(-1.0)), "beta"),
+    "beta jax": (lambda: vaejax.elbo(KEY, jnp.zeros((2, 1)), _diagonal(), _log_likelihood,
+                                     beta=jnp.float32(-1.0)), "beta"),
+    "beta nan": (lambda: vaejax.elbo(KEY, jnp.zeros((2, 1)), _diagonal(), _log_likelihood,
+                                     beta=float("nan")), "beta"),
+}
+
+
+@pytest.mark.parametrize("name", list(SHAPE_ERRORS | BAD_ARGUMENTS))
 def test_wrong_shapes_raise_a_clear_value_error(name):
-    """A shape mismatch is a ValueError that names the offending argument or axis count."""
-    call, message = SHAPE_ERRORS[name]
+    """A shape mismatch or bad argument is a ValueError that names the offending argument."""
+    call, message = (SHAPE_ERRORS | BAD_ARGUMENTS)[name]
     with pytest.raises(ValueError, match=message):
         call()
 

@@ -33,7 +33,7 @@ def corrupt(key: jax.Array, x: ArrayLike, level: float,
     Args:
       key: a PRNG key.
       x: data, any shape.
-      level: drop probability or noise standard deviation.
+      level: drop probability in [0, 1], or the noise standard deviation (>= 0).
       noise: the corruption.
 
     Returns:
@@ -43,6 +43,7 @@ def corrupt(key: jax.Array, x: ArrayLike, level: float,
       Vincent et al., Extracting and composing robust features with denoising
       autoencoders, ICML 2008.
     """
+    _checks.in_range(level, "level", 0.0, math.inf if noise == "gaussian" else 1.0)
     x = jnp.asarray(x)
     if noise == "masking":
         return jnp.where(jax.random.bernoulli(key, level, x.shape), 0, x).astype(x.dtype)
@@ -79,7 +80,8 @@ def contractive_penalty(encode_fn: Callable[[jax.Array], jax.Array], x: ArrayLik
     event_shape = x.shape[x.ndim - event_ndims:]
     flat = x.reshape(-1, *event_shape)
     in_size = math.prod(event_shape)
-    out_size = jax.eval_shape(encode_fn, flat[0]).size
+    # From the event's shape, not flat[0], which an empty batch does not have.
+    out_size = jax.eval_shape(encode_fn, jax.ShapeDtypeStruct(event_shape, x.dtype)).size
     jacobian = jax.jacfwd(encode_fn) if in_size <= out_size else jax.jacrev(encode_fn)
     norms = jax.vmap(lambda xi: jnp.sum(jacobian(xi)**2))(flat)
     return norms.reshape(x.shape[:x.ndim - event_ndims])

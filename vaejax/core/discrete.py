@@ -33,6 +33,7 @@ def score_function_surrogate(log_prob: ArrayLike, value: ArrayLike,
       Williams, Simple statistical gradient-following algorithms for
       connectionist reinforcement learning, 1992.
     """
+    _checks.broadcastable(log_prob=log_prob, value=value, baseline=baseline)
     log_prob, value = jnp.asarray(log_prob), jnp.asarray(value)
     advantage = jax.lax.stop_gradient(value - baseline)
     return value + advantage * (log_prob - jax.lax.stop_gradient(log_prob))
@@ -50,10 +51,8 @@ def leave_one_out_baseline(values: ArrayLike, axis: int = 0) -> jax.Array:
     Returns:
       baselines, same shape as values, without gradient.
     """
+    k = _checks.sample_axis(values, axis, 2, "values")
     values = jax.lax.stop_gradient(jnp.asarray(values))
-    k = values.shape[axis]
-    if k < 2:
-        raise ValueError(f"a leave-one-out baseline needs >= 2 samples, got {k}")
     return (jnp.sum(values, axis=axis, keepdims=True) - values) / (k - 1)
 
 
@@ -77,9 +76,17 @@ def gumbel_softmax(key: jax.Array, logits: ArrayLike, temperature: float | jax.A
       Jang, Gu & Poole, Categorical Reparameterization with Gumbel-Softmax, ICLR 2017.
       Maddison, Mnih & Teh, The Concrete Distribution, ICLR 2017.
     """
+    _checks.in_range(temperature, "temperature", 0.0, open_low=True)
     logits = jnp.asarray(logits)
-    gumbel = jax.random.gumbel(key, logits.shape, logits.dtype)
-    y = jax.nn.softmax((logits + gumbel) / temperature, axis=-1)
+    # At least float32 inside: 1/τ² of the gradient overflows half precision for small τ.
+    dtype = jnp.promote_types(logits.dtype, jnp.float32)
+    perturbed = logits.astype(dtype) + jax.random.gumbel(key, logits.shape, logits.dtype)
+    # Shifted to a maximum of 0 (softmax is unchanged, so the shift carries no gradient)
+    # and floored where exp underflows anyway, so that neither a small τ nor a −∞
+    # logit overflows the quotient (0·∞ = NaN in the gradient).
+    perturbed = perturbed - jax.lax.stop_gradient(jnp.max(perturbed, axis=-1, keepdims=True))
+    floor = 2.0 * math.log(jnp.finfo(dtype).tiny) * temperature
+    y = jax.nn.softmax(jnp.maximum(perturbed, floor) / temperature, axis=-1).astype(logits.dtype)
     if not hard:
         return y
     one_hot = jax.nn.one_hot(jnp.argmax(y, axis=-1), logits.shape[-1], dtype=y.dtype)
@@ -89,6 +96,8 @@ def gumbel_softmax(key: jax.Array, logits: ArrayLike, temperature: float | jax.A
 def categorical_log_prob(logits: ArrayLike, one_hot: ArrayLike) -> jax.Array:
     """log Cat(z; softmax(logits)) = Σ z·log_softmax(logits) for one-hot z.
 
+    A category of logit −∞ has log-probability −∞; where z is 0 it adds 0 (0·log 0 = 0).
+
     Args:
       logits: shape (..., categories); leading sample axes broadcast.
       one_hot: draws, shape (..., categories).
@@ -96,11 +105,21 @@ def categorical_log_prob(logits: ArrayLike, one_hot: ArrayLike) -> jax.Array:
     Returns:
       log-probabilities, shape (...).
     """
-    return jnp.sum(jnp.asarray(one_hot) * jax.nn.log_softmax(jnp.asarray(logits), axis=-1), axis=-1)
+    _checks.broadcastable(logits=logits, one_hot=one_hot)
+    one_hot = jnp.asarray(one_hot)
+    return jnp.sum(_xlog(one_hot, jax.nn.log_softmax(jnp.asarray(logits), axis=-1)), axis=-1)
+
+
+def _xlog(x, log_y):
+    """x·log y, 0 where x = 0 even for log y = −∞; the inner `where` keeps gradients finite."""
+    zero = x == 0
+    return jnp.where(zero, 0.0, x * jnp.where(zero, 0.0, log_y))
 
 
 def kl_categorical(logits_q: ArrayLike, logits_p: ArrayLike) -> jax.Array:
     """KL(Cat(softmax(logits_q)) ‖ Cat(softmax(logits_p))) = Σ q (log q − log p).
+
+    Categories with q = 0 (logit −∞) add 0; q > 0 where p = 0 makes the KL +∞.
 
     Args:
       logits_q: shape (..., categories).
@@ -112,7 +131,7 @@ def kl_categorical(logits_q: ArrayLike, logits_p: ArrayLike) -> jax.Array:
     _checks.same_shape(logits_q=logits_q, logits_p=logits_p)
     log_q = jax.nn.log_softmax(jnp.asarray(logits_q), axis=-1)
     log_p = jax.nn.log_softmax(jnp.asarray(logits_p), axis=-1)
-    return jnp.sum(jnp.exp(log_q) * (log_q - log_p), axis=-1)
+    return jnp.sum(_xlog(jnp.exp(log_q), log_q) - _xlog(jnp.exp(log_q), log_p), axis=-1)
 
 
 def uniform_categorical_log_prob(one_hot: ArrayLike) -> jax.Array:
@@ -139,7 +158,7 @@ class Categorical(NamedTuple):
     logits: jax.Array
 
     def sample(self, key, num_samples=None):
-        shape = self.logits.shape if num_samples is None else (num_samples, *self.logits.shape)
+        shape = _checks.sample_shape(self.logits, num_samples)
         draws = jax.random.categorical(key, jnp.broadcast_to(self.logits, shape))
         return jax.nn.one_hot(draws, self.logits.shape[-1], dtype=self.logits.dtype)
 
@@ -162,7 +181,7 @@ class Categorical(NamedTuple):
 
     def entropy(self):
         log_q = jax.nn.log_softmax(self.logits, axis=-1)
-        return -jnp.sum(jnp.exp(log_q) * log_q, axis=(-2, -1))
+        return -jnp.sum(_xlog(jnp.exp(log_q), log_q), axis=(-2, -1))
 
     def kl_uniform(self):
         return jnp.sum(kl_categorical(self.logits, jnp.zeros_like(self.logits)), axis=-1)

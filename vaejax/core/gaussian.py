@@ -16,10 +16,6 @@ from vaejax.core import _checks
 _LOG_2PI = math.log(2.0 * math.pi)
 
 
-def _sample_shape(mean, num_samples):
-    return jnp.shape(mean) if num_samples is None else (num_samples, *jnp.shape(mean))
-
-
 def reparameterize(key: jax.Array, mean: ArrayLike, log_var: ArrayLike,
                    num_samples: int | None = None) -> jax.Array:
     """Draws z = μ + σ·ε with ε ~ N(0, I) and σ = exp(log_var / 2).
@@ -41,7 +37,7 @@ def reparameterize(key: jax.Array, mean: ArrayLike, log_var: ArrayLike,
     """
     _checks.same_shape(mean=mean, log_var=log_var)
     mean, log_var = jnp.asarray(mean), jnp.asarray(log_var)
-    eps = jax.random.normal(key, _sample_shape(mean, num_samples), mean.dtype)
+    eps = jax.random.normal(key, _checks.sample_shape(mean, num_samples), mean.dtype)
     return mean + jnp.exp(0.5 * log_var) * eps
 
 
@@ -60,7 +56,7 @@ def reparameterize_tril(key: jax.Array, mean: ArrayLike, scale_tril: ArrayLike,
     """
     _checks.tril_pair(mean, scale_tril)
     mean, scale_tril = jnp.asarray(mean), jnp.asarray(scale_tril)
-    eps = jax.random.normal(key, _sample_shape(mean, num_samples), mean.dtype)
+    eps = jax.random.normal(key, _checks.sample_shape(mean, num_samples), mean.dtype)
     return mean + jnp.einsum("...ij,...j->...i", jnp.tril(scale_tril), eps)
 
 
@@ -89,8 +85,16 @@ def diag_normal_log_prob(z: ArrayLike, mean: ArrayLike, log_var: ArrayLike) -> j
       log-densities, shape of z without its last axis.
     """
     _checks.same_shape(mean=mean, log_var=log_var)
+    _checks.broadcastable(z=z, mean=mean)
     z, mean, log_var = map(jnp.asarray, (z, mean, log_var))
-    return -0.5 * jnp.sum((z - mean)**2 * jnp.exp(-log_var) + log_var + _LOG_2PI, axis=-1)
+    return -0.5 * jnp.sum(standardized_square(z - mean, log_var) + log_var + _LOG_2PI, axis=-1)
+
+
+def standardized_square(diff, log_var):
+    """diff²/σ², scaled before squaring (diff² alone may overflow), and 0 where diff = 0
+    however small σ (0·∞ would be NaN, in the value and the gradient)."""
+    safe_log_var = jnp.where(diff == 0, 0.0, log_var)
+    return (diff * jnp.exp(-0.5 * safe_log_var))**2
 
 
 def _tril_solve(scale_tril, b):
@@ -119,13 +123,15 @@ def mvn_tril_log_prob(z: ArrayLike, mean: ArrayLike, scale_tril: ArrayLike) -> j
       log-densities, shape of z without its last axis.
     """
     _checks.tril_pair(mean, scale_tril)
+    _checks.broadcastable(z=z, mean=mean)
     z, mean, scale_tril = map(jnp.asarray, (z, mean, scale_tril))
     scale_tril = jnp.tril(scale_tril)
     diff = z - mean
     # Leading sample axes become right-hand-side columns: one solve per factor,
-    # no copy of L per sample.
+    # no copy of L per sample. (The count is explicit: -1 is ambiguous for an empty batch.)
     extra = diff.ndim - mean.ndim
-    columns = jnp.moveaxis(diff.reshape(-1, *diff.shape[extra:]), 0, -1)
+    count = math.prod(diff.shape[:extra])
+    columns = jnp.moveaxis(diff.reshape(count, *diff.shape[extra:]), 0, -1)
     white = jnp.moveaxis(_tril_solve(scale_tril, columns), -1, 0).reshape(diff.shape)
     d = mean.shape[-1]
     return -0.5 * jnp.sum(white**2, axis=-1) - log_det_tril(scale_tril) - 0.5 * d * _LOG_2PI
@@ -167,7 +173,7 @@ def kl_diag_normals(mean_q: ArrayLike, log_var_q: ArrayLike,
     _checks.same_shape(mean_q=mean_q, log_var_q=log_var_q, mean_p=mean_p, log_var_p=log_var_p)
     mean_q, log_var_q, mean_p, log_var_p = map(jnp.asarray, (mean_q, log_var_q, mean_p, log_var_p))
     var_ratio = jnp.exp(log_var_q - log_var_p)
-    mahalanobis = (mean_q - mean_p)**2 * jnp.exp(-log_var_p)
+    mahalanobis = standardized_square(mean_q - mean_p, log_var_p)
     return 0.5 * jnp.sum(var_ratio + mahalanobis - 1.0 - (log_var_q - log_var_p), axis=-1)
 
 
@@ -222,6 +228,7 @@ def mvn_tril_entropy(scale_tril: ArrayLike) -> jax.Array:
     Returns:
       entropies in nats, shape (...).
     """
+    _checks.square(scale_tril)
     scale_tril = jnp.asarray(scale_tril)
     d = scale_tril.shape[-1]
     return 0.5 * d * (1.0 + _LOG_2PI) + log_det_tril(scale_tril)

@@ -10,7 +10,7 @@ import jax
 import jax.numpy as jnp
 from jax.typing import ArrayLike
 
-from vaejax.core import _checks
+from vaejax.core import _checks, gaussian
 
 _LOG_2PI = math.log(2.0 * math.pi)
 
@@ -45,6 +45,7 @@ def bernoulli_log_likelihood(logits: ArrayLike, x: ArrayLike, event_ndims: int =
       log-likelihoods, shape logits.shape[:-event_ndims].
     """
     _checks.event_ndims(logits, event_ndims, "logits")
+    _checks.broadcastable(logits=logits, x=x)
     logits, x = jnp.asarray(logits), jnp.asarray(x)
     return _checks.sum_event(x * logits - _softplus(logits), event_ndims)
 
@@ -63,8 +64,10 @@ def gaussian_log_likelihood(mean: ArrayLike, x: ArrayLike, log_scale: ArrayLike 
       log-likelihoods, shape mean.shape[:-event_ndims].
     """
     _checks.event_ndims(mean, event_ndims, "mean")
+    _checks.broadcastable(mean=mean, x=x, log_scale=log_scale)
     mean, x, log_scale = map(jnp.asarray, (mean, x, log_scale))
-    per_dim = -0.5 * (x - mean)**2 * jnp.exp(-2.0 * log_scale) - log_scale - 0.5 * _LOG_2PI
+    per_dim = (-0.5 * gaussian.standardized_square(x - mean, 2.0 * log_scale)
+               - log_scale - 0.5 * _LOG_2PI)
     per_dim = jnp.broadcast_to(per_dim, jnp.broadcast_shapes(mean.shape, x.shape))
     return _checks.sum_event(per_dim, event_ndims)
 
@@ -73,14 +76,15 @@ def _continuous_bernoulli_log_norm(logits):
     """log C(λ) for λ = sigmoid(η): C = η / tanh(η/2), an even function with C(0) = 2.
 
     Near η = 0 the quotient loses precision, so the series of u·coth u (u = |η|/2)
-    takes over; the inner `where` keeps the unused branch's gradient finite.
+    takes over; the inner `where`s give each branch only inputs where it is finite,
+    so the unused branch cannot put a NaN in the gradient (u² overflows for large η).
     """
     u = 0.5 * jnp.abs(logits)
     small = u < 0.25
     u_safe = jnp.where(small, 1.0, u)
     exact = (jnp.log(2.0 * u_safe) - jnp.log1p(-jnp.exp(-2.0 * u_safe))
              + jnp.log1p(jnp.exp(-2.0 * u_safe)))
-    u2 = u**2
+    u2 = jnp.where(small, u, 0.0)**2
     series = math.log(2.0) + jnp.log1p(u2 * (1.0 / 3.0 - u2 * (1.0 / 45.0 - u2 * 2.0 / 945.0)))
     return jnp.where(small, series, exact)
 
@@ -105,6 +109,7 @@ def continuous_bernoulli_log_likelihood(logits: ArrayLike, x: ArrayLike,
       error in variational autoencoders, NeurIPS 2019.
     """
     _checks.event_ndims(logits, event_ndims, "logits")
+    _checks.broadcastable(logits=logits, x=x)
     logits, x = jnp.asarray(logits), jnp.asarray(x)
     per_dim = x * logits - _softplus(logits) + _continuous_bernoulli_log_norm(logits)
     return _checks.sum_event(per_dim, event_ndims)
@@ -113,7 +118,9 @@ def continuous_bernoulli_log_likelihood(logits: ArrayLike, x: ArrayLike,
 def continuous_bernoulli_mean(logits: ArrayLike) -> jax.Array:
     """E[x] of the continuous Bernoulli: λ/(2λ−1) + 1/(2 atanh(1−2λ)), ½ at λ = ½.
 
-    With η = logits this is 1/(1 − e^(−η)) − 1/η; its series takes over near 0.
+    With η = logits this is 1/(1 − e^(−η)) − 1/η, written with t = e^(−|η|) ≤ 1 as
+    (1 or −t)/(1 − t) − 1/η so that no exponential overflows, in the value or the
+    gradient; the series takes over near 0.
 
     Args:
       logits: η, any shape.
@@ -124,7 +131,9 @@ def continuous_bernoulli_mean(logits: ArrayLike) -> jax.Array:
     logits = jnp.asarray(logits)
     small = jnp.abs(logits) < 0.5
     safe = jnp.where(small, 1.0, logits)
-    exact = -1.0 / jnp.expm1(-safe) - 1.0 / safe
-    e2 = logits**2
-    series = 0.5 + logits * (1.0 / 12.0 - e2 * (1.0 / 720.0 - e2 / 30240.0))
+    a = jnp.abs(safe)
+    exact = jnp.where(safe > 0, 1.0, -jnp.exp(-a)) / -jnp.expm1(-a) - 1.0 / safe
+    near = jnp.where(small, logits, 0.0)  # η² would overflow, and its gradient NaN, for large η
+    e2 = near**2
+    series = 0.5 + near * (1.0 / 12.0 - e2 * (1.0 / 720.0 - e2 / 30240.0))
     return jnp.where(small, series, exact)

@@ -6,14 +6,13 @@ is the decoder's log p(x|z): z has shape (num_samples, *batch, *latent) and the
 result (num_samples, *batch).
 """
 
-import math
 from typing import Callable, Literal, NamedTuple
 
 import jax
 import jax.numpy as jnp
 from jax.typing import ArrayLike
 
-from vaejax.core import gaussian
+from vaejax.core import _checks, gaussian
 from vaejax.core.divergences import kl_from_draws
 from vaejax.core.posteriors import Posterior
 from vaejax.core.priors import Prior, StandardNormal
@@ -48,12 +47,6 @@ class ElboTerms(NamedTuple):
         return -self.log_likelihood
 
 
-def check_beta(beta) -> None:
-    """Raises ValueError for a concrete negative or non-finite β (traced β pass)."""
-    if isinstance(beta, (int, float)) and not (math.isfinite(beta) and beta >= 0):
-        raise ValueError(f"beta must be a finite number >= 0, got {beta}")
-
-
 def elbo(key: jax.Array, x: ArrayLike, posterior: Posterior,
          log_likelihood_fn: LogLikelihoodFn, *, prior: Prior | None = None,
          num_samples: int = 1, beta: float | jax.Array = 1.0,
@@ -84,7 +77,8 @@ def elbo(key: jax.Array, x: ArrayLike, posterior: Posterior,
       Kingma & Welling, Auto-Encoding Variational Bayes, 2014.
       Higgins et al., β-VAE, ICLR 2017.
     """
-    check_beta(beta)
+    _checks.in_range(beta, "beta", 0.0)
+    _checks.at_least(num_samples, 1)
     if form not in ("analytic", "monte_carlo", "entropy"):
         raise ValueError(f"form must be 'analytic', 'monte_carlo' or 'entropy', got {form!r}")
     prior = StandardNormal(jnp.shape(posterior.mean)[-1]) if prior is None else prior
@@ -135,8 +129,9 @@ def iwae_bound(log_weights: ArrayLike, axis: int = 0) -> jax.Array:
     References:
       Burda, Grosse & Salakhutdinov, Importance Weighted Autoencoders, ICLR 2016.
     """
-    log_weights = jnp.asarray(log_weights)
-    k = log_weights.shape[axis]
+    k = _checks.sample_axis(log_weights, axis)
+    # Integer log-weights are promoted: log K must not be rounded to an integer.
+    log_weights = jnp.asarray(log_weights, jnp.result_type(log_weights, 0.0))
     return jax.nn.logsumexp(log_weights, axis=axis) - jnp.log(k).astype(log_weights.dtype)
 
 

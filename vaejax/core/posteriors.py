@@ -43,8 +43,7 @@ class Posterior(Protocol):
 
 
 def _noise(key, mean, num_samples):
-    shape = jnp.shape(mean) if num_samples is None else (num_samples, *jnp.shape(mean))
-    return jax.random.normal(key, shape, jnp.result_type(mean))
+    return jax.random.normal(key, _checks.sample_shape(mean, num_samples), jnp.result_type(mean))
 
 
 class DiagonalGaussian(NamedTuple):
