@@ -47,7 +47,10 @@ def planar_step(z, params: Planar, context=None):
     del context
     u, w, b = params
     wu = jnp.sum(w * u, axis=-1, keepdims=True)
-    u_hat = u + (jax.nn.softplus(wu) - 1 - wu) * w / jnp.sum(w * w, axis=-1, keepdims=True)
+    ww = jnp.sum(w * w, axis=-1, keepdims=True)
+    # w = 0 needs no correction (the step is a shift); a safe divisor keeps its gradient finite.
+    safe = jnp.where(ww > 0, ww, 1.0)
+    u_hat = u + jnp.where(ww > 0, (jax.nn.softplus(wu) - 1 - wu) / safe, 0.0) * w
     h = jnp.tanh(jnp.sum(w * z, axis=-1) + b)
     log_det = jnp.log1p((1 - h**2) * jnp.sum(w * u_hat, axis=-1))
     return z + u_hat * h[..., None], log_det
