@@ -40,3 +40,12 @@ def test_the_vampprior_pseudo_inputs_train(tmp_path):
     initial = run.trainer.models(run.trainer.init())[0]  # the same seed's initial model
     moved = np.abs(np.asarray(run.model.pseudo_inputs[...]) - np.asarray(initial.pseudo_inputs[...]))
     assert moved.max() > 1e-4
+
+
+@pytest.mark.parametrize("family,flag", [("vampprior", ["--likelihood", "gaussian"]),
+                                         ("two-layer", ["--activation", "tanh"])])
+def test_a_setting_the_family_does_not_use_is_refused(tmp_path, capsys, family, flag):
+    assert main(["train", "--workdir", str(tmp_path / "run"), "--model", family, *flag]) == 2
+    assert f"the {family} family builds its own architecture: it does not use" in (
+        capsys.readouterr().err)
+    assert not (tmp_path / "run").exists()

@@ -95,16 +95,41 @@ from vaejax.models.two_layer import TwoLayerVAE  # noqa: E402
 from vaejax.models.vae import MLP, VAE  # noqa: E402
 from vaejax.models.vampprior import VampVAE  # noqa: E402
 
+# What the stock VAE reads of a ModelConfig and the other families build in themselves.
+_STOCK_ONLY = ("architecture", "conv_channels", "activation", "posterior", "num_categories",
+               "likelihood", "gaussian_scale")
+
+
+def _own_architecture(family: str, config: ModelConfig) -> None:
+    """Refuses settings that `family` would ignore (any differing from ModelConfig's default)."""
+    default = ModelConfig()
+    ignored = [f for f in _STOCK_ONLY if getattr(config, f) != getattr(default, f)]
+    if ignored:
+        raise ConfigError(f"the {family} family builds its own architecture: it does not use "
+                          f"{', '.join(ignored)}")
+
+
+def _vampprior(config: ModelConfig) -> ModelFn:
+    _own_architecture("vampprior", config)
+    return lambda shape, rngs: VampVAE(shape, config.hidden, config.latent_dim, 500, rngs=rngs)
+
+
+def _two_layer(name: str, pseudo_inputs: int):
+    """Burda et al.'s sizes, fixed: hidden and latent_dim are not read."""
+    def family(config: ModelConfig) -> ModelFn:
+        _own_architecture(name, config)
+        return lambda shape, rngs: TwoLayerVAE(shape, vamp_pseudo_inputs=pseudo_inputs, rngs=rngs)
+    return family
+
+
 # name → model built from the ModelConfig; the fixed sizes follow each family's paper.
 register_family("vae", lambda c: lambda shape, rngs: VAE(shape, c, rngs=rngs))
 register_family("vae-planar", lambda c: lambda shape, rngs: FlowVAE(shape, c, "planar", 10,
                                                                     rngs=rngs))
 register_family("vae-iaf", lambda c: lambda shape, rngs: FlowVAE(shape, c, "iaf", 2, rngs=rngs))
-register_family("vampprior", lambda c: lambda shape, rngs: VampVAE(
-    shape, c.hidden, c.latent_dim, 500, rngs=rngs))
-register("two-layer", lambda shape, rngs: TwoLayerVAE(shape, rngs=rngs))
-register("two-layer-vampprior", lambda shape, rngs: TwoLayerVAE(shape, vamp_pseudo_inputs=500,
-                                                                rngs=rngs))
+register_family("vampprior", _vampprior)
+register_family("two-layer", _two_layer("two-layer", 0))
+register_family("two-layer-vampprior", _two_layer("two-layer-vampprior", 500))
 
 __all__ = ["CUSTOM", "FlowVAE", "GaussianMixturePrior", "MLP", "Model", "ModelFn", "TwoLayerVAE",
            "VAE", "VampVAE", "families", "model_fn", "register", "register_family"]
