@@ -32,8 +32,11 @@ from vaejax.core.gaussian import (
 )
 from vaejax.core.likelihoods import (
     bernoulli_log_likelihood,
+    bits_per_dim,
     continuous_bernoulli_log_likelihood,
     continuous_bernoulli_mean,
+    discretized_logistic_log_likelihood,
+    discretized_logistic_mixture_log_likelihood,
     gaussian_log_likelihood,
 )
 from vaejax.core.hierarchical import HierarchicalTerms, hierarchical_elbo
@@ -67,6 +70,7 @@ __all__ = [
     "StandardNormal",
     "UniformCategorical",
     "bernoulli_log_likelihood",
+    "bits_per_dim",
     "categorical_log_prob",
     "closed_form_kl",
     "continuous_bernoulli_log_likelihood",
@@ -75,6 +79,8 @@ __all__ = [
     "corrupt",
     "diag_normal_entropy",
     "diag_normal_log_prob",
+    "discretized_logistic_log_likelihood",
+    "discretized_logistic_mixture_log_likelihood",
     "elbo",
     "gaussian_log_likelihood",
     "gumbel_softmax",

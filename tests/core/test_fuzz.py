@@ -98,6 +98,14 @@ FUZZ = {
     "continuous_bernoulli_mean": case(vaejax.continuous_bernoulli_mean, ("real", "bd")),
     "gaussian_log_likelihood": case(vaejax.gaussian_log_likelihood,
                                     ("real", "bd"), ("real", "bd"), ("real", "")),
+    "discretized_logistic_log_likelihood": case(
+        lambda m, s, x: vaejax.discretized_logistic_log_likelihood(m, s, x, 256),
+        ("real", "bd"), ("real", "bd"), ("unit", "bd"), diff=(0, 1)),
+    "discretized_logistic_mixture_log_likelihood": case(
+        lambda w, m, s, x: vaejax.discretized_logistic_mixture_log_likelihood(w, m, s, x, 256),
+        ("cat_logit", "bdk"), ("real", "bdk"), ("moderate", "bdk"), ("unit", "bd"),
+        diff=(0, 1, 2)),
+    "bits_per_dim": case(lambda ll: vaejax.bits_per_dim(ll, 784, 256), ("real", "b")),
     "standard_normal_log_prob": case(vaejax.standard_normal_log_prob, ("real", "bd")),
     "diag_normal_log_prob": case(vaejax.diag_normal_log_prob,
                                  ("real", "kbd"), ("real", "bd"), ("real", "bd")),
