@@ -88,6 +88,19 @@ def test_beta_sweep_from_the_command_line(tmp_path):
     (["--dual-lr", "nan"], "dual_learning_rate must be a finite number; got nan"),
     (["--epochs", "100000000000000000000"], "epochs must be an integer of magnitude at most"),
     (["--seeds", "100000000000000000000"], "seeds must be a list, each an integer"),
+    # A likelihood must be a distribution of the data as presented (grey digits: 17 levels).
+    (["--likelihood", "gaussian", "--gaussian-scale", "learned", "--binarization", "none"],
+     "the gaussian likelihood needs binarization 'dequantize', got 'none'"),
+    (["--likelihood", "continuous_bernoulli", "--binarization", "dynamic"],
+     "the continuous_bernoulli likelihood needs binarization 'dequantize'"),
+    (["--likelihood", "logistic", "--binarization", "dequantize"],
+     "the logistic likelihood needs binarization 'none'"),
+    (["--binarization", "none"], "digits has 17 grey levels: under a Bernoulli likelihood"),
+    (["--binarization", "dequantize"], "the bernoulli likelihood needs binarization 'dynamic' "
+     "or 'static', got 'dequantize'"),
+    (["--likelihood", "logistic", "--levels", "256"], "digits has 17 grey levels: set levels=17"),
+    (["--likelihood", "logistic_mixture", "--mixture-components", "0"],
+     "mixture_components must be >= 1"),
 ])
 def test_bad_input_one_error_nothing_written(tmp_path, capsys, flags, message):
     """Each bad input: exit code 2, one line naming the problem, no run folder."""
@@ -96,6 +109,27 @@ def test_bad_input_one_error_nothing_written(tmp_path, capsys, flags, message):
     err = capsys.readouterr().err.strip()
     assert message in err and len(err.splitlines()) == 1, err
     assert not run.exists()
+
+
+@pytest.mark.parametrize("likelihood, treatment", [("gaussian", "dequantize"),
+                                                   ("logistic_mixture", "none")])
+def test_grey_level_runs_report_bits_per_dim(tmp_path, capsys, likelihood, treatment):
+    """Without --binarization a grey-level likelihood gets its own data treatment; train and
+    evaluate report bits/dim = −log p/(D ln 2) (+ log2 L per value for dequantised data)."""
+    run = tmp_path / "run"
+    assert main(["train", "--workdir", str(run), "--likelihood", likelihood, *QUICK]) == 0
+    assert "bits/dim" in capsys.readouterr().out
+    config = json.loads((run / "config.json").read_text())
+    assert config["binarization"] == treatment and config["model"]["levels"] == (
+        17 if likelihood == "logistic_mixture" else 256)
+    assert main(["evaluate", "--workdir", str(run), "-k", "20", "--no-progress"]) == 0
+    summary = json.loads((run / "summary.json").read_text())
+    added = np.log2(17) if treatment == "dequantize" else 0.0
+    for key in ("test_elbo", "test_log_likelihood"):
+        bits = -summary[key] / (64 * np.log(2)) + added
+        assert summary[f"{key}_bits_per_dim"] == pytest.approx(bits, rel=1e-6), key
+    assert summary["test_log_likelihood_bits_per_dim"] <= summary["test_elbo_bits_per_dim"] + 0.05
+    assert "dequantised" in summary["bits_per_dim_convention"]
 
 
 def test_nan_pixels_are_refused(tmp_path, capsys, monkeypatch):

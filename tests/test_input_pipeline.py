@@ -146,7 +146,7 @@ def test_unknown_split_lists_available_ones(name, split, available):
 
 @pytest.mark.parametrize("binarization", ["otsu", ""])
 def test_unknown_binarization(binarization):
-    with pytest.raises(ip.DataError, match="'none', 'static', 'dynamic'"):
+    with pytest.raises(ip.DataError, match="'none', 'static', 'dynamic', 'dequantize'"):
         ip.load("digits", binarization=binarization)
 
 
@@ -168,6 +168,30 @@ def test_binarize_batch_draws_bernoulli_pixels_only_when_dynamic():
     np.testing.assert_array_equal(ip.binarize_batch(key, x, "static"), x)
     draws = np.asarray(ip.binarize_batch(key, x, "dynamic"))
     assert set(np.unique(draws)) == {0.0, 1.0} and abs(draws.mean() - 0.3) < 5 * np.sqrt(0.21 / 4000)
+
+
+def test_dequantize_draws_uniformly_within_each_level(digits):
+    """y = (k + u)/L: inside [k/L, (k+1)/L), uniform there (mean (k + ½)/L, variance 1/12L²);
+    the test split is one fixed draw, the training split stays on its levels."""
+    levels = ip.LEVELS["digits"]
+    k = np.round(digits.test.images * (levels - 1))
+    np.testing.assert_array_equal(k, digits.test.images * 16)  # digits are on 17 levels
+    dequantized = ip.load("digits", binarization="dequantize")
+    np.testing.assert_array_equal(dequantized.train.images, digits.train.images)
+    u = dequantized.test.images * levels - k
+    assert u.min() >= 0 and u.max() < 1
+    n = u.size
+    assert abs(u.mean() - 0.5) < 5 * np.sqrt(1 / 12 / n) and abs(u.var() - 1 / 12) < 0.005
+    np.testing.assert_array_equal(dequantized.test.images,
+                                  ip.load("digits", binarization="dequantize").test.images)
+    x = np.full((4000,), 3 / 16, np.float32)
+    draws = np.asarray(ip.binarize_batch(jax.random.key(1), x, "dequantize", levels))
+    assert np.all((draws >= 3 / 17) & (draws < 4 / 17))
+
+
+@pytest.mark.parametrize("name", ip.KNOWN_DATASETS)
+def test_every_data_set_has_its_grey_levels(name):
+    assert ip.LEVELS[name] in (2, 17, 256)
 
 
 # check_images.

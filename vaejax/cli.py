@@ -12,9 +12,9 @@ import sys
 import time
 from pathlib import Path
 
-from vaejax.config import (ACTIVATIONS, ESTIMATORS, LIKELIHOODS, LR_SCHEDULES, POSTERIORS, PRESETS,
-                           ConfigError, TrainConfig)
-from vaejax.input_pipeline import BINARIZATIONS, KNOWN_DATASETS
+from vaejax.config import (ACTIVATIONS, ESTIMATORS, LIKELIHOOD_DATA, LIKELIHOODS, LR_SCHEDULES,
+                           POSTERIORS, PRESETS, ConfigError, TrainConfig)
+from vaejax.input_pipeline import BINARIZATIONS, KNOWN_DATASETS, LEVELS
 
 _EXIT_USAGE = 2
 
@@ -39,7 +39,8 @@ def _scale(text):
 
 # Flags that set a field of ModelConfig (dest → field) and of TrainConfig.
 _MODEL_FLAGS = ("family", "architecture", "hidden", "conv_channels", "activation", "latent_dim",
-                "posterior", "num_categories", "likelihood", "gaussian_scale")
+                "posterior", "num_categories", "likelihood", "gaussian_scale", "levels",
+                "mixture_components")
 _TRAIN_FLAGS = ("dataset", "binarization", "objective", "num_samples", "betas", "seeds",
                 "kl_warmup_epochs", "free_bits", "kl_target", "dual_learning_rate", "estimator",
                 "temperature", "min_temperature", "temperature_decay", "epochs", "batch_size",
@@ -74,13 +75,17 @@ def _document_defaults(parser) -> None:
                "likelihood": LIKELIHOODS, "binarization": BINARIZATIONS, "estimator": ESTIMATORS,
                "objective": objectives.names(), "lr_schedule": LR_SCHEDULES}
     config = TrainConfig()
+    # Defaults that follow other flags (see _train_config).
+    following = {"binarization": "the likelihood's: " + ", ".join(
+        f"{treatments[0]} for {name}" for name, treatments in LIKELIHOOD_DATA.items()),
+                 "levels": "the data set's"}
     for action in parser._actions:
         if action.dest not in _TRAIN_FLAGS + _MODEL_FLAGS:
             continue
         settings = config.model if action.dest in _MODEL_FLAGS else config
         notes = [f"one of {', '.join(choices[action.dest])}"] if action.dest in choices else []
         notes += [action.help] if action.help else []
-        default = f"(default: {_shown(getattr(settings, action.dest))})"
+        default = (f"(default: {following.get(action.dest) or _shown(getattr(settings, action.dest))})")
         action.help = " ".join(["; ".join(notes), default]) if notes else default
 
 
@@ -103,7 +108,9 @@ def _parser():
     t.add_argument("--categories", dest="num_categories", type=int)
     t.add_argument("--likelihood")
     t.add_argument("--gaussian-scale", type=_scale, help="fixed σ of a Gaussian decoder, or 'learned'")
-    t.add_argument("--binarization")
+    t.add_argument("--levels", type=int, help="grey levels of the logistic likelihoods")
+    t.add_argument("--mixture-components", type=int, help="logistics per value of logistic_mixture")
+    t.add_argument("--binarization", help="how pixels are presented to the likelihood")
     t.add_argument("--objective", help="or one registered with vaejax.objectives.register")
     t.add_argument("-k", "--num-samples", type=int, help="samples per example (IWAE k)")
     t.add_argument("--beta", dest="betas", type=_floats, help="β values, one model each: 0.5,1,4")
@@ -162,7 +169,18 @@ def _train_config(given: dict) -> TrainConfig:
         if "preset" in given:
             base = dataclasses.replace(base, model=PRESETS[given["preset"]])
     model = dataclasses.replace(base.model, **{k: given[k] for k in _MODEL_FLAGS if k in given})
-    return dataclasses.replace(base, model=model, **{k: given[k] for k in _TRAIN_FLAGS if k in given})
+    config = dataclasses.replace(base, model=model,
+                                 **{k: given[k] for k in _TRAIN_FLAGS if k in given})
+    if given.get("resume"):
+        return config
+    # A new run's data treatment and grey levels follow its likelihood and data set.
+    if "binarization" not in given:
+        config = dataclasses.replace(config, binarization=LIKELIHOOD_DATA.get(
+            model.likelihood, (config.binarization,))[0])
+    if "levels" not in given and model.likelihood.startswith("logistic"):
+        model = dataclasses.replace(model, levels=LEVELS.get(config.dataset, model.levels))
+        config = dataclasses.replace(config, model=model)
+    return config
 
 
 def _train(args):
@@ -183,8 +201,10 @@ def _train(args):
                                  progress=not given.get("no_progress"),
                                  stepwise=given.get("stepwise", False))
     for m in summary["models"]:
+        bits = (f" ({m['test_elbo_bits_per_dim']:.4f} bits/dim)"
+                if "test_elbo_bits_per_dim" in m else "")
         print(f"model {m['model']} (seed {m['seed']}, β={m['beta']:g}): test ELBO {m['test_elbo']:.3f} "
-              f"nats, rate {m['rate']:.3f}, distortion {m['distortion']:.3f}")
+              f"nats{bits}, rate {m['rate']:.3f}, distortion {m['distortion']:.3f}")
     print(f"{summary['train_examples_per_second']:,.0f} training examples/s; run folder: {workdir}")
 
 
@@ -208,7 +228,8 @@ def _evaluate_run(args, run, chunk_size):
     import jax
 
     from vaejax import evaluation
-    from vaejax.train import RunError, prepare_data, update_summary
+    from vaejax.train import (BITS_PER_DIM_CONVENTION, RunError, bits_per_dim_of, prepare_data,
+                              update_summary)
     trainer, state = run.trainer, run.state
     data = prepare_data(run.config, args.data_dir, args.manual_dir)
     # The test ELBO of the restored parameters, drawn with the key of the checkpoint's epoch,
@@ -234,6 +255,12 @@ def _evaluate_run(args, run, chunk_size):
                  "rate": [float(v) for v in elbo_terms["rate"]],
                  "distortion": [float(v) for v in elbo_terms["distortion"]],
                  "active_units": [int(v) for v in evaluation.active_units(test_codes)]}
+    extra = {}
+    if bits_per_dim_of(run.config, data.test.shape[1:], 0.0) is not None:
+        for key in ("test_log_likelihood", "test_elbo"):
+            per_model[f"{key}_bits_per_dim"] = [bits_per_dim_of(run.config, data.test.shape[1:], v)
+                                                for v in per_model[key]]
+        extra["bits_per_dim_convention"] = BITS_PER_DIM_CONVENTION
     if data.train_labels is not None and data.test_labels is not None:
         per_model["linear_probe_accuracy"] = [
             evaluation.linear_probe_accuracy(tr, data.train_labels, te, data.test_labels)
@@ -241,7 +268,9 @@ def _evaluate_run(args, run, chunk_size):
     # Printed before summary.json is written, so a failed write loses nothing.
     for i in range(run.config.num_models):
         m = {k: v[i] for k, v in per_model.items()}
-        line = (f"model {i}: test log p(x) ≈ {m['test_log_likelihood']:.3f} nats "
+        bits = (f" ({m['test_log_likelihood_bits_per_dim']:.4f} bits/dim)"
+                if "test_log_likelihood_bits_per_dim" in m else "")
+        line = (f"model {i}: test log p(x) ≈ {m['test_log_likelihood']:.3f} nats{bits} "
                 f"(K={args.num_samples}), test ELBO {m['test_elbo']:.3f}, rate {m['rate']:.3f}, "
                 f"distortion {m['distortion']:.3f}, active units {m['active_units']}")
         if "linear_probe_accuracy" in m:
@@ -251,7 +280,7 @@ def _evaluate_run(args, run, chunk_size):
           f"(checkpoint of epoch {run.epoch})")
     update_summary(args.workdir, per_model, {"log_likelihood_num_samples": args.num_samples,
                                              "log_likelihood_seconds": seconds,
-                                             "evaluated_epoch": run.epoch})
+                                             "evaluated_epoch": run.epoch, **extra})
 
 
 def _sample(args):

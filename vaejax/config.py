@@ -11,11 +11,20 @@ import types
 import typing
 from typing import Literal
 
-from vaejax.input_pipeline import BINARIZATIONS
+from vaejax.input_pipeline import BINARIZATIONS, LEVELS
 
 ACTIVATIONS = ("relu", "tanh", "gelu", "softplus", "elu", "leaky_relu", "silu")
 POSTERIORS = ("diagonal", "full", "categorical")
-LIKELIHOODS = ("bernoulli", "gaussian", "continuous_bernoulli")
+LIKELIHOODS = ("bernoulli", "gaussian", "continuous_bernoulli", "logistic", "logistic_mixture")
+# The data treatments under which each likelihood is a distribution of what the model sees;
+# the first is the CLI's default. "none" under a Bernoulli only where the data set is binary.
+LIKELIHOOD_DATA = {
+    "bernoulli": ("dynamic", "static", "none"),
+    "gaussian": ("dequantize",),
+    "continuous_bernoulli": ("dequantize",),
+    "logistic": ("none",),
+    "logistic_mixture": ("none",),
+}
 ESTIMATORS = ("gumbel_softmax", "score_function")
 LR_SCHEDULES = ("constant", "cosine")
 OPTIMIZERS = ("adam", "custom")  # "custom": an optax transformation given in Python
@@ -33,6 +42,8 @@ class ModelConfig:
     stock "vae" is built from the other fields. The decoder mirrors the encoder:
     its hidden sizes are the encoder's reversed. For "conv", `conv_channels` are
     the stride-2 convolution widths and `hidden` the dense layers after them.
+    The discretised logistic likelihoods spread over `levels` grey levels (the
+    data set's), the mixture over `mixture_components` logistics per value.
     """
 
     family: str = "vae"
@@ -45,6 +56,8 @@ class ModelConfig:
     num_categories: int = 10
     likelihood: str = "bernoulli"
     gaussian_scale: float | None = 0.1
+    levels: int = 256
+    mixture_components: int = 5
 
     @property
     def learned_scale(self) -> bool:
@@ -161,6 +174,30 @@ def _check_types(settings) -> None:
             raise ConfigError(f"{field.name} must be {_describe(field.type)}; got {value!r}")
 
 
+def _check_data_treatment(config: TrainConfig) -> None:
+    """The likelihood must be a distribution of the data as the model sees it."""
+    likelihood, treatment = config.model.likelihood, config.binarization
+    levels = LEVELS.get(config.dataset)
+    if levels is None:  # an unknown data set: loading it says so
+        return
+    allowed = LIKELIHOOD_DATA[likelihood]
+    if likelihood == "bernoulli" and treatment == "none":
+        _require(levels == 2, f"{config.dataset} has {levels} grey levels: under a Bernoulli "
+                 "likelihood they give a cross-entropy, not a likelihood; binarize them "
+                 "(binarization 'dynamic' or 'static') or choose a grey-level likelihood")
+        return
+    _require(treatment in allowed, f"the {likelihood} likelihood needs binarization "
+             f"{' or '.join(repr(a) for a in allowed if a != 'none' or len(allowed) == 1)}, "
+             f"got {treatment!r}" + {
+                 "dequantize": " (a density on pixels that sit exactly on a grey level is "
+                               "unbounded: dequantise them)",
+                 "none": " (it is a distribution over the stored grey levels)",
+             }.get(allowed[0], ""))
+    if likelihood.startswith("logistic"):
+        _require(config.model.levels == levels, f"{config.dataset} has {levels} grey levels: "
+                 f"set levels={levels} (got {config.model.levels})")
+
+
 def validate(config: TrainConfig) -> TrainConfig:
     """Checks every setting; raises ConfigError with one clear message."""
     _check_types(config)
@@ -179,6 +216,11 @@ def validate(config: TrainConfig) -> TrainConfig:
     _require(m.posterior != "categorical" or m.num_categories >= 2,
              "a categorical latent needs >= 2 categories")
     _require(m.gaussian_scale is None or m.gaussian_scale > 0, "gaussian_scale must be > 0")
+    _require(m.levels >= 2, f"levels must be >= 2; got {m.levels}")
+    _require(m.mixture_components >= 1,
+             f"mixture_components must be >= 1; got {m.mixture_components}")
+    if m.family != "custom":  # a model_fn's own likelihood is its author's to match
+        _check_data_treatment(config)
     _require(len(config.betas) >= 1, "give at least one beta")
     for beta in config.betas:
         _require(math.isfinite(beta) and beta >= 0, f"beta must be >= 0; got {beta}")

@@ -19,11 +19,18 @@ Where the data live:
   (`<manual_dir>/mnist/train-images-idx3-ubyte.gz`, ...), or the data set's
   own folder.
 
-Binarization is defined here, once: "static" thresholds the pixels once, at
-0.5, giving a fixed binary data set; "dynamic" keeps the training images grey,
-draws fresh Bernoulli pixels for every training batch on the device
-(`binarize_batch`, called by the trainer), and binarizes the test split once
-with a fixed key so every run is scored on the same binary images.
+The data treatments (`BINARIZATIONS`) are defined here, once:
+
+| treatment | what the model sees | for likelihoods |
+|---|---|---|
+| "none" | the grey levels k/(L−1) as stored | discrete ones over the L levels |
+| "static" | pixels thresholded once at 0.5: a fixed binary data set | Bernoulli |
+| "dynamic" | fresh Bernoulli(x) pixels every training batch | Bernoulli |
+| "dequantize" | y = (k + u)/L, u ~ U[0, 1), fresh every training batch | densities on [0, 1] |
+
+Per-batch draws run on the device (`binarize_batch`, called by the trainer);
+the test split is drawn once, with DYNAMIC_TEST_SEED, so every run is scored on
+the same images. L is the data set's number of grey levels (`LEVELS`).
 """
 
 from __future__ import annotations
@@ -47,9 +54,11 @@ KNOWN_DATASETS: tuple[str, ...] = (
 DIGITS_SEED = 0
 DIGITS_TEST_SIZE = 300
 
-BINARIZATIONS: tuple[str, ...] = ("none", "static", "dynamic")
-# The key that binarizes the test split of a dynamic-binarization run, once.
+BINARIZATIONS: tuple[str, ...] = ("none", "static", "dynamic", "dequantize")
+# The key that binarizes (or dequantises) the test split of a run, once.
 DYNAMIC_TEST_SEED = 20140101
+# Grey levels per pixel as stored: digits are 0..16, the TFDS images 8-bit.
+LEVELS = {"digits": 17, "mnist": 256, "binarized_mnist": 2, "fashion_mnist": 256, "cifar10": 256}
 
 _MNIST_FILES = (
     "train-images-idx3-ubyte.gz",
@@ -185,9 +194,9 @@ def load(name: str, *, binarization: str = "none", data_dir: str | None = None,
     Args:
       name: one of KNOWN_DATASETS.
       binarization: "none" keeps grey levels in [0, 1]; "static" replaces each
-        pixel x by x > 0.5, once, for a fixed binary data set; "dynamic" keeps
-        the training split grey (the trainer draws binary pixels per batch) and
-        binarizes the test split once with DYNAMIC_TEST_SEED.
+        pixel x by x > 0.5, once, for a fixed binary data set; "dynamic" and
+        "dequantize" keep the training split grey (the trainer draws per batch)
+        and draw the test split once with DYNAMIC_TEST_SEED.
       data_dir: the TFDS cache of prepared data, as in load_split.
       manual_dir: the folder of the data set's files, as in load_split.
 
@@ -203,20 +212,26 @@ def load(name: str, *, binarization: str = "none", data_dir: str | None = None,
     test = load_split(name, "test", data_dir=data_dir, manual_dir=manual_dir)
     if binarization == "static":
         train, test = _binarize(train), _binarize(test)
-    elif binarization == "dynamic":
+    elif binarization in ("dynamic", "dequantize"):
         import jax
-        draws = jax.random.bernoulli(jax.random.PRNGKey(DYNAMIC_TEST_SEED), test.images)
+        draws = binarize_batch(jax.random.PRNGKey(DYNAMIC_TEST_SEED), test.images, binarization,
+                               LEVELS[name])
         test = Split(np.asarray(draws, np.float32), test.labels)
     is_binary = name == "binarized_mnist" or binarization == "static"
     return Dataset(name, train, test, is_binary)
 
 
-def binarize_batch(key, x, binarization: str):
-    """A training batch as the model sees it: Bernoulli pixels under "dynamic", else x."""
-    if binarization != "dynamic":
+def binarize_batch(key, x, binarization: str, levels: int = 256):
+    """A training batch as the model sees it: Bernoulli(x) pixels under "dynamic",
+    (k + u)/levels with k = x·(levels − 1) under "dequantize", else x."""
+    if binarization not in ("dynamic", "dequantize"):
         return x
     import jax
-    return jax.random.bernoulli(key, x).astype(x.dtype)
+    import jax.numpy as jnp
+    if binarization == "dynamic":
+        return jax.random.bernoulli(key, x).astype(x.dtype)
+    k = jnp.round(x * (levels - 1))
+    return ((k + jax.random.uniform(key, jnp.shape(x), x.dtype)) / levels).astype(x.dtype)
 
 
 def _check_name(name: str) -> None:

@@ -13,6 +13,7 @@ import dataclasses
 import errno
 import fcntl
 import json
+import math
 import os
 import shutil
 import socket
@@ -26,6 +27,7 @@ from typing import NamedTuple
 import jax
 import numpy as np
 
+import vaejax
 from vaejax import input_pipeline, interrupts, models, objectives
 from vaejax.checkpoints import Checkpointer, DamagedCheckpointError
 from vaejax.config import ConfigError, TrainConfig, validate
@@ -275,6 +277,21 @@ def _epoch_records(trainer, epoch, train_metrics, test_metrics, examples_per_sec
     return records
 
 
+BITS_PER_DIM_CONVENTION = (
+    "−log p(x)/(D ln 2), D values per image; dequantised data y = (k + u)/L add D·log L to "
+    "−log p(y), an upper bound on the bits/dim of the discrete levels")
+
+
+def bits_per_dim_of(config: TrainConfig, image_shape, log_likelihood: float) -> float | None:
+    """bits/dim of a grey-level run ("none" or "dequantize" data that are not binary), else None
+    (binary data are reported in nats)."""
+    levels = input_pipeline.LEVELS.get(config.dataset, 256)
+    if config.binarization not in ("none", "dequantize") or levels == 2:
+        return None
+    dequantized = levels if config.binarization == "dequantize" else None
+    return float(vaejax.bits_per_dim(log_likelihood, math.prod(image_shape), dequantized))
+
+
 def _summary(config, trainer, records, epochs_done):
     last = records[-trainer.config.num_models:]
     first_model = [r for r in records if r["model"] == 0]
@@ -289,7 +306,14 @@ def _summary(config, trainer, records, epochs_done):
         "wall_seconds": wall_seconds, "models": per_model,
         "train_examples_per_second": statistics.median(speeds[1:] or speeds) if speeds else None,
     }
-    _lift(summary, ("test_elbo", "rate", "distortion"))
+    keys = ("test_elbo", "rate", "distortion")
+    if bits_per_dim_of(config, trainer.image_shape, 0.0) is not None:
+        for m in per_model:
+            m["test_elbo_bits_per_dim"] = bits_per_dim_of(config, trainer.image_shape,
+                                                          m["test_elbo"])
+        summary["bits_per_dim_convention"] = BITS_PER_DIM_CONVENTION
+        keys += ("test_elbo_bits_per_dim",)
+    _lift(summary, keys)
     return summary
 
 
@@ -354,7 +378,7 @@ def train_and_evaluate(config: TrainConfig, workdir, *, model_fn=None, objective
     Returns:
       the contents of summary.json.
     """
-    config = recorded_config(validate(config), model_fn, objective, optimizer)
+    config = validate(recorded_config(config, model_fn, objective, optimizer))
     workdir = Path(workdir)
     _check_devices(config)
     check_writable(workdir)

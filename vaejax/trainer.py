@@ -21,7 +21,7 @@ from jax.sharding import NamedSharding, PartitionSpec
 
 from vaejax import models, objectives, schedules as schedules_lib
 from vaejax.config import TrainConfig
-from vaejax.input_pipeline import binarize_batch
+from vaejax.input_pipeline import LEVELS, binarize_batch
 from vaejax.objectives import as_batch
 
 
@@ -145,7 +145,8 @@ class Trainer:
             batch = jax.tree.map(lambda t: jax.lax.with_sharding_constraint(
                 t, NamedSharding(self.mesh, PartitionSpec("data"))), batch)
         binarize_key, loss_key = jax.random.split(key)
-        batch = batch._replace(x=binarize_batch(binarize_key, batch.x, self.config.binarization))
+        batch = batch._replace(x=binarize_batch(binarize_key, batch.x, self.config.binarization,
+                                                LEVELS[self.config.dataset]))
         hyper = self._hyper(state)
 
         def loss_fn(params):

@@ -44,12 +44,16 @@ def test_cholesky_head_has_positive_diagonal():
 
 
 @pytest.mark.parametrize("likelihood,scale", [("bernoulli", 0.1), ("gaussian", 0.3),
-                                               ("gaussian", None), ("continuous_bernoulli", 0.1)])
-def test_likelihood_heads_use_the_core(likelihood, scale):
+                                               ("gaussian", None), ("continuous_bernoulli", 0.1),
+                                               ("logistic", 0.1), ("logistic_mixture", 0.1)])
+@pytest.mark.parametrize("architecture", ["mlp", "conv"])
+def test_likelihood_heads_use_the_core(likelihood, scale, architecture):
     """The model's log p(x|z) is the core likelihood of its decoder output."""
-    config = dataclasses.replace(PRESETS["digits"], likelihood=likelihood, gaussian_scale=scale)
+    config = dataclasses.replace(PRESETS["digits"], likelihood=likelihood, gaussian_scale=scale,
+                                 architecture=architecture, conv_channels=(4,), levels=17,
+                                 mixture_components=3)
     model = VAE((8, 8, 1), config, rngs=nnx.Rngs(0))
-    x = jax.random.uniform(jax.random.key(0), (4, 8, 8, 1))
+    x = jnp.round(jax.random.uniform(jax.random.key(0), (4, 8, 8, 1)) * 16) / 16
     z = jax.random.normal(jax.random.key(1), (4, config.latent_dim))
     out = model.decode(z)
     log_scale = np.log(scale or 1.0)
@@ -60,7 +64,13 @@ def test_likelihood_heads_use_the_core(likelihood, scale):
         "bernoulli": lambda: vaejax.bernoulli_log_likelihood(out, x, event_ndims=3),
         "continuous_bernoulli": lambda: vaejax.continuous_bernoulli_log_likelihood(out, x, 3),
         "gaussian": lambda: vaejax.gaussian_log_likelihood(out, x, log_scale, 3),
+        "logistic": lambda: vaejax.discretized_logistic_log_likelihood(
+            out[..., 0], out[..., 1], x, 17, event_ndims=3),
+        "logistic_mixture": lambda: vaejax.discretized_logistic_mixture_log_likelihood(
+            out[..., :3], out[..., 3:6], out[..., 6:], x, 17, event_ndims=3),
     }[likelihood]()
+    assert out.shape == (4, 8, 8, 1) + {"logistic": (2,), "logistic_mixture": (9,)}.get(
+        likelihood, ())
     np.testing.assert_allclose(model.log_likelihood(z, x), expected, rtol=1e-6)
     assert bool(jnp.all((model.mean_image(z) >= 0) & (model.mean_image(z) <= 1)))
 

@@ -97,7 +97,7 @@ from vaejax.models.vampprior import VampVAE  # noqa: E402
 
 # What the stock VAE reads of a ModelConfig and the other families build in themselves.
 _STOCK_ONLY = ("architecture", "conv_channels", "activation", "posterior", "num_categories",
-               "likelihood", "gaussian_scale")
+               "likelihood", "gaussian_scale", "levels", "mixture_components")
 
 
 def _own_architecture(family: str, config: ModelConfig) -> None:

@@ -86,6 +86,12 @@ def _flatten_image(x):
     return x.reshape(*x.shape[:-3], -1)
 
 
+def params_per_value(config: ModelConfig) -> int:
+    """How many decoder outputs parameterise the likelihood of one pixel value."""
+    return {"logistic": 2, "logistic_mixture": 3 * config.mixture_components}.get(
+        config.likelihood, 1)
+
+
 class VAE(nnx.Module):
     """Encoder, posterior head, decoder and likelihood for images of `shape` (H, W, C).
 
@@ -103,17 +109,19 @@ class VAE(nnx.Module):
         self.learned_prior = prior
         self.shape = tuple(shape)
         d, pixels = config.latent_dim, math.prod(shape)
+        self.params_per_value = params_per_value(config)
         self.code_size = d * config.num_categories if config.posterior == "categorical" else d
         head_size = {"diagonal": 2 * d, "full": d + d * (d + 1) // 2,
                      "categorical": self.code_size}[config.posterior]
         if config.architecture == "conv":
             self.encoder = ConvTrunk(shape, config, rngs=rngs)
-            self.decoder = ConvHead(shape, shape[-1], config, rngs=rngs)
+            self.decoder = ConvHead(shape, shape[-1] * self.params_per_value, config, rngs=rngs)
             self.decoder_input = MLP((self.code_size, config.hidden[-1]), config.activation, rngs=rngs)
         else:
             self.encoder = MLP((pixels, *config.hidden), config.activation, rngs=rngs)
             self.decoder = MLP((self.code_size, *config.hidden[::-1]), config.activation, rngs=rngs)
-            self.decoder_output = nnx.Linear(config.hidden[0], pixels, rngs=rngs)
+            self.decoder_output = nnx.Linear(config.hidden[0], pixels * self.params_per_value,
+                                             rngs=rngs)
         self.posterior_head = nnx.Linear(config.hidden[-1], head_size, rngs=rngs)
         if config.learned_scale:
             self.log_scale = nnx.Param(jnp.zeros(shape))
@@ -141,20 +149,33 @@ class VAE(nnx.Module):
         return vaejax.CholeskyGaussian(out[..., :d], tril)
 
     def decode(self, z):
-        """The likelihood's parameters (logits or Gaussian means), shape (..., H, W, C)."""
+        """The likelihood's parameters: logits or means, (..., H, W, C); for the logistic
+        likelihoods (..., H, W, C, P): mean and log-scale, or M logits, means, log-scales."""
         if self.config.posterior == "categorical":
             z = z.reshape(*z.shape[:-2], -1)
         if self.config.architecture == "conv":
-            return self.decoder(self.decoder_input(z))
-        out = self.decoder_output(self.decoder(z))
-        return out.reshape(*out.shape[:-1], *self.shape)
+            out = self.decoder(self.decoder_input(z))
+            out = out.reshape(*out.shape[:-3], *self.shape, self.params_per_value)
+        else:
+            out = self.decoder_output(self.decoder(z))
+            out = out.reshape(*out.shape[:-1], *self.shape, self.params_per_value)
+        return out[..., 0] if self.params_per_value == 1 else out
 
     def log_likelihood(self, z, x):
         """log p(x|z) summed over the image; leading axes of z broadcast against x."""
         # Summed over flat pixels: XLA's CPU backend runs elementwise work over a
         # trailing channel axis of size one many times slower.
-        params, x = _flatten_image(self.decode(z)), _flatten_image(x)
-        kind = self.config.likelihood
+        params, x = self.decode(z), _flatten_image(x)
+        params = (_flatten_image(params) if self.params_per_value == 1
+                  else params.reshape(*params.shape[:-4], -1, self.params_per_value))
+        kind, levels = self.config.likelihood, self.config.levels
+        if kind == "logistic":
+            return vaejax.discretized_logistic_log_likelihood(params[..., 0], params[..., 1], x,
+                                                              levels)
+        if kind == "logistic_mixture":
+            logits, means, log_scales = jnp.split(params, 3, axis=-1)
+            return vaejax.discretized_logistic_mixture_log_likelihood(logits, means, log_scales, x,
+                                                                      levels)
         if kind == "bernoulli":
             return vaejax.bernoulli_log_likelihood(params, x)
         if kind == "continuous_bernoulli":
@@ -170,6 +191,11 @@ class VAE(nnx.Module):
             return jax.nn.sigmoid(params)
         if self.config.likelihood == "continuous_bernoulli":
             return vaejax.continuous_bernoulli_mean(params)
+        if self.config.likelihood == "logistic":
+            params = params[..., 0]
+        elif self.config.likelihood == "logistic_mixture":  # the mixture's mean, clipped
+            logits, means, _ = jnp.split(params, 3, axis=-1)
+            params = jnp.sum(jax.nn.softmax(logits, axis=-1) * means, axis=-1)
         return jnp.clip(params, 0.0, 1.0)
 
     @property
