@@ -88,17 +88,17 @@ class _Gaussian(nnx.Module):
 
 
 class TwoLayerVAE(nnx.Module):
-    """Burda et al.'s two-layer model: 784–100–100–z₁(100)–50–50–z₂(50), tanh, Bernoulli x.
+    """Burda et al.'s two-layer model: 784–200–200–z₁(100)–100–100–z₂(50), tanh, Bernoulli x.
 
     Args:
       shape: image shape (H, W, C).
-      hidden: the deterministic widths below and above z₁ (Burda: 100, 50).
+      hidden: the deterministic widths below and above z₁ (Burda: 200, 100).
       latent_dims: (d₁, d₂) (Burda: 100, 50).
       vamp_pseudo_inputs: K > 0 gives p(z₂) a VampPrior at K pseudo-inputs.
       rngs: initialisation keys.
     """
 
-    def __init__(self, shape, hidden=(100, 50), latent_dims=(100, 50),
+    def __init__(self, shape, hidden=(200, 100), latent_dims=(100, 50),
                  vamp_pseudo_inputs: int = 0, *, rngs: nnx.Rngs):
         self.shape = tuple(shape)
         (h1, h2), (d1, d2) = hidden, latent_dims
