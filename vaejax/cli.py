@@ -76,16 +76,18 @@ def _document_defaults(parser) -> None:
                "objective": objectives.names(), "lr_schedule": LR_SCHEDULES}
     config = TrainConfig()
     # Defaults that follow other flags (see _train_config).
-    following = {"binarization": "the likelihood's: " + ", ".join(
-        f"{treatments[0]} for {name}" for name, treatments in LIKELIHOOD_DATA.items()),
-                 "levels": "the data set's"}
+    following = {
+        "binarization": "the likelihood's: " + ", ".join(
+            f"{treatments[0]} for {name}" for name, treatments in LIKELIHOOD_DATA.items()),
+        "levels": "the data set's"}
     for action in parser._actions:
         if action.dest not in _TRAIN_FLAGS + _MODEL_FLAGS:
             continue
         settings = config.model if action.dest in _MODEL_FLAGS else config
         notes = [f"one of {', '.join(choices[action.dest])}"] if action.dest in choices else []
         notes += [action.help] if action.help else []
-        default = (f"(default: {following.get(action.dest) or _shown(getattr(settings, action.dest))})")
+        shown = following.get(action.dest) or _shown(getattr(settings, action.dest))
+        default = f"(default: {shown})"
         action.help = " ".join(["; ".join(notes), default]) if notes else default
 
 
