@@ -146,7 +146,7 @@ class Trainer:
                 t, NamedSharding(self.mesh, PartitionSpec("data"))), batch)
         binarize_key, loss_key = jax.random.split(key)
         batch = batch._replace(x=binarize_batch(binarize_key, batch.x, self.config.binarization,
-                                                LEVELS[self.config.dataset]))
+                                                LEVELS.get(self.config.dataset, 256)))
         hyper = self._hyper(state)
 
         def loss_fn(params):
