@@ -48,6 +48,13 @@ from vaejax.core.objectives import (
     iwae_bound,
     log_importance_weights,
 )
+from vaejax.core.quantization import (
+    EmaCodebook,
+    Quantized,
+    codebook_perplexity,
+    ema_codebook_update,
+    vector_quantize,
+)
 from vaejax.core.posteriors import CholeskyGaussian, DiagonalGaussian, Posterior
 from vaejax.core.priors import MixtureOfGaussians, Prior, StandardNormal, UniformCategorical
 
@@ -58,6 +65,7 @@ __all__ = [
     "CholeskyGaussian",
     "DiagonalGaussian",
     "DregTerms",
+    "EmaCodebook",
     "ElboTerms",
     "FlowPosterior",
     "HierarchicalTerms",
@@ -67,12 +75,14 @@ __all__ = [
     "Planar",
     "Posterior",
     "Prior",
+    "Quantized",
     "StandardNormal",
     "UniformCategorical",
     "bernoulli_log_likelihood",
     "bits_per_dim",
     "categorical_log_prob",
     "closed_form_kl",
+    "codebook_perplexity",
     "continuous_bernoulli_log_likelihood",
     "continuous_bernoulli_mean",
     "contractive_penalty",
@@ -82,6 +92,7 @@ __all__ = [
     "discretized_logistic_log_likelihood",
     "discretized_logistic_mixture_log_likelihood",
     "elbo",
+    "ema_codebook_update",
     "gaussian_log_likelihood",
     "gumbel_softmax",
     "hierarchical_elbo",
@@ -107,4 +118,5 @@ __all__ = [
     "sparse_penalty",
     "standard_normal_log_prob",
     "uniform_categorical_log_prob",
+    "vector_quantize",
 ]

@@ -35,6 +35,7 @@ KINDS = {
     "unit": (0.0, 1e-3, 0.5, 0.999, 1.0),
     "scale": (1e-3, 0.5, 1.0, 30.0),
     "cat_logit": (0.0, 3.0, -3.0, 40.0, -40.0, 1e4, -1e4, -np.inf),
+    "index": (0, 1),  # code indices into the two codes of a "k" axis
 }
 
 
@@ -187,6 +188,15 @@ FUZZ = {
         ("real", "bd"), ("real", "bd"), (FINITE_DRAWS, "bd")),
     "iwae_dreg": _objective(vaejax.iwae_dreg, FINITE_DRAWS, num_samples=2),
     "scale_gradient": case(vaejax.scale_gradient, ("real", "bd"), ("unit", "bd")),
+    "vector_quantize": case(lambda z, c: vaejax.vector_quantize(z, c), ("real", "bd"),
+                            ("moderate", "kd")),
+    "codebook_perplexity": case(lambda i: vaejax.codebook_perplexity(i, 4), ("index", "b"),
+                                diff=()),
+    "ema_codebook_update": case(
+        lambda n, m, z, i: vaejax.ema_codebook_update(vaejax.EmaCodebook(n, m), z, i, 0.9),
+        ("scale", "k"), ("real", "kd"), ("real", "bd"), ("index", "b"), diff=(0, 1)),
+    "EmaCodebook.codebook": case(lambda n, m: vaejax.EmaCodebook(n, m).codebook(),
+                                 ("scale", "k"), ("real", "kd")),
     "LinearGaussian.log_likelihood": _linear_gaussian(lambda model, x: model.log_likelihood(x, x)),
     "LinearGaussian.log_marginal": _linear_gaussian(lambda model, x: model.log_marginal(x)),
     "LinearGaussian.posterior": _linear_gaussian(lambda model, x: model.posterior(x)),
@@ -196,6 +206,8 @@ FUZZ = {
 _SAME_ARITHMETIC = "a thin call of a fuzzed function (or of sample_and_log_prob)"
 EXCLUDED = {
     "ElboTerms": "a container of elbo's results (fuzzed as elbo)",
+    "Quantized": "a container of vector_quantize's results (fuzzed there)",
+    "EmaCodebook.create": "a constructor, no arithmetic",
     "Posterior": "a protocol, no code",
     "Prior": "a protocol, no code",
     "closed_form_kl": "a registry lookup, no arithmetic",
@@ -275,8 +287,11 @@ def test_finite_where_float64_is_finite(name, data):
     inputs = [np.stack([data.draw(_argument(kind, _shape(t, batch, d))) for _ in range(DRAWS)])
               for kind, t in kinds]
     rounded = [np.asarray(a, jnp.dtype(dtype)).astype(np.float64) for a in inputs]  # what both runs see
+    # Index arguments stay integers in both runs.
+    cast = lambda arrays, to: [jnp.asarray(a, jnp.int32 if kind == "index" else to)
+                               for a, (kind, _) in zip(arrays, kinds)]
     with jax.enable_x64(True):
-        ref_values, ref_grads = _run(name, [jnp.asarray(a) for a in rounded])
+        ref_values, ref_grads = _run(name, cast(rounded, jnp.float64))
     big = float(jnp.finfo(dtype).max) / 4
     fits = lambda ref: np.isfinite(ref) & (np.abs(ref) < big)
     # A draw's gradients are defined where all its values are finite (an infinite one
@@ -286,7 +301,7 @@ def test_finite_where_float64_is_finite(name, data):
     assert not any(np.isnan(g[finite_draws]).any() for g in ref_grads), "float64 gradient NaN"
     if dtype == "float64":
         return
-    values, grads = _run(name, [jnp.asarray(a, dtype) for a in rounded])
+    values, grads = _run(name, cast(rounded, dtype))
     for got, ref in zip(values, ref_values):
         assert np.all(np.isfinite(got[fits(ref)])), (dtype, got, ref)
     for got, ref in zip(grads, ref_grads):
