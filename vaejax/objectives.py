@@ -135,6 +135,30 @@ def iwae_dreg(num_samples: int) -> Objective:
     return objective
 
 
+def vq(commitment: float = 0.25, decay: float = 0.99) -> Objective:
+    """The VQ-VAE loss −log p(x|z_q) + commitment·‖z_e − sg(e)‖² (van den Oord et al. 2017),
+    for models with `vectors`, `codebook`, `update_codebook` and `logits_from_vectors`
+    (`vaejax.models.VQVAE`); the codebook follows the encoder by EMA (decay γ), in place.
+
+    Metrics: `elbo` = log p(x|z_q) − n·log K (uniform prior, one-hot q), `rate` = n·log K,
+    `distortion`, `commitment` and `perplexity` of the batch's codes.
+    """
+    def objective(model, batch, key, hyper):
+        vectors = model.vectors(batch.x)
+        out = vaejax.vector_quantize(vectors, jax.lax.stop_gradient(model.codebook()))
+        log_lik = vaejax.bernoulli_log_likelihood(model.logits_from_vectors(out.codes),
+                                                  batch.x.reshape(*batch.x.shape[:-3], -1))
+        commit = jnp.mean(jnp.sum(out.commitment_loss, axis=-1))
+        model.update_codebook(vectors, out.indices, decay)
+        rate = model.num_latents * jnp.log(float(model.num_codes))
+        return -jnp.mean(log_lik) + commitment * commit, {
+            "elbo": jnp.mean(log_lik) - rate, "rate": rate, "distortion": -jnp.mean(log_lik),
+            "commitment": commit,
+            "perplexity": vaejax.codebook_perplexity(out.indices, model.num_codes)}
+
+    return objective
+
+
 def eval_terms(model, x, key) -> vaejax.ElboTerms:
     """Per-example test ELBO terms: β = 1, one draw, the registered closed-form KL.
 
@@ -148,6 +172,7 @@ _REGISTRY: dict[str, Callable[[Any], Objective]] = {
     "elbo": lambda c: elbo(c.num_samples, c.free_bits, c.estimator),
     "iwae": lambda c: iwae(c.num_samples),
     "iwae-dreg": lambda c: iwae_dreg(c.num_samples),
+    "vq": lambda c: vq(),
 }
 CUSTOM = "custom"  # the objective of a run given an objective function in Python
 

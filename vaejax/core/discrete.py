@@ -184,4 +184,7 @@ class Categorical(NamedTuple):
         return -jnp.sum(_xlog(jnp.exp(log_q), log_q), axis=(-2, -1))
 
     def kl_uniform(self):
-        return jnp.sum(kl_categorical(self.logits, jnp.zeros_like(self.logits)), axis=-1)
+        # KL(q ‖ uniform) = d·log K − H[q], without a log-softmax of constant logits (which
+        # XLA constant-folds slowly for large d·K).
+        d, k = self.logits.shape[-2:]
+        return (d * math.log(k) - self.entropy()).astype(self.logits.dtype)

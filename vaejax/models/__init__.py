@@ -94,6 +94,7 @@ from vaejax.models.priors import GaussianMixturePrior  # noqa: E402
 from vaejax.models.two_layer import TwoLayerVAE  # noqa: E402
 from vaejax.models.vae import MLP, VAE  # noqa: E402
 from vaejax.models.vampprior import VampVAE  # noqa: E402
+from vaejax.models.vqvae import VQVAE  # noqa: E402
 
 # What the stock VAE reads of a ModelConfig and the other families build in themselves.
 _STOCK_ONLY = ("architecture", "conv_channels", "activation", "posterior", "num_categories",
@@ -131,5 +132,14 @@ register_family("vampprior", _vampprior)
 register_family("two-layer", _two_layer("two-layer", 0))
 register_family("two-layer-vampprior", _two_layer("two-layer-vampprior", 500))
 
+
+def _vqvae(config: ModelConfig) -> ModelFn:
+    """ModelConfig's hidden widths and latent_dim (= n code vectors); K = 64 codes of size 16."""
+    _own_architecture("vqvae", config)
+    return lambda shape, rngs: VQVAE(shape, config.hidden, config.latent_dim, rngs=rngs)
+
+
+register_family("vqvae", _vqvae)
+
 __all__ = ["CUSTOM", "FlowVAE", "GaussianMixturePrior", "MLP", "Model", "ModelFn", "TwoLayerVAE",
-           "VAE", "VampVAE", "families", "model_fn", "register", "register_family"]
+           "VAE", "VQVAE", "VampVAE", "families", "model_fn", "register", "register_family"]
