@@ -43,10 +43,10 @@ def test_cholesky_head_has_positive_diagonal():
     np.testing.assert_array_equal(q.scale_tril, jnp.tril(q.scale_tril))
 
 
-@pytest.mark.parametrize("likelihood,scale", [("bernoulli", 0.1), ("gaussian", 0.3),
-                                               ("gaussian", None), ("continuous_bernoulli", 0.1),
-                                               ("logistic", 0.1), ("logistic_mixture", 0.1)])
-@pytest.mark.parametrize("architecture", ["mlp", "conv"])
+@pytest.mark.parametrize("likelihood,scale,architecture", [
+    ("bernoulli", 0.1, "mlp"), ("gaussian", 0.3, "mlp"), ("gaussian", None, "mlp"),
+    ("continuous_bernoulli", 0.1, "mlp"), ("logistic", 0.1, "mlp"), ("logistic_mixture", 0.1, "mlp"),
+    ("bernoulli", 0.1, "conv"), ("logistic_mixture", 0.1, "conv")])
 def test_likelihood_heads_use_the_core(likelihood, scale, architecture):
     """The model's log p(x|z) is the core likelihood of its decoder output."""
     config = dataclasses.replace(PRESETS["digits"], likelihood=likelihood, gaussian_scale=scale,

@@ -75,8 +75,6 @@ def test_training_beats_first_epoch_and_pixel_baseline(small_config):
     {"model_likelihood": "continuous_bernoulli", "binarization": "dequantize"},
     {"model_likelihood": "gaussian", "model_gaussian_scale": None, "binarization": "dequantize"},
     {"model_likelihood": "logistic", "model_levels": 17, "binarization": "none"},
-    {"model_likelihood": "logistic_mixture", "model_levels": 17, "model_mixture_components": 3,
-     "binarization": "none"},
     {"model_posterior": "categorical", "estimator": "gumbel_softmax", "temperature_decay": 1e-3},
     {"model_posterior": "categorical", "estimator": "score_function", "num_samples": 4},
     {"model_architecture": "conv", "model_conv_channels": (8, 16)},
