@@ -230,8 +230,8 @@ def _evaluate_run(args, run, chunk_size):
     import jax
 
     from vaejax import evaluation
-    from vaejax.train import (BITS_PER_DIM_CONVENTION, RunError, bits_per_dim_of, prepare_data,
-                              update_summary)
+    from vaejax.train import (BITS_PER_DIM_CONVENTION, RunError, bits_per_dim_of, is_grey_level,
+                              prepare_data, update_summary)
     trainer, state = run.trainer, run.state
     data = prepare_data(run.config, args.data_dir, args.manual_dir)
     # The test ELBO of the restored parameters, drawn with the key of the checkpoint's epoch,
@@ -258,7 +258,7 @@ def _evaluate_run(args, run, chunk_size):
                  "distortion": [float(v) for v in elbo_terms["distortion"]],
                  "active_units": [int(v) for v in evaluation.active_units(test_codes)]}
     extra = {}
-    if bits_per_dim_of(run.config, data.test.shape[1:], 0.0) is not None:
+    if is_grey_level(run.config):
         for key in ("test_log_likelihood", "test_elbo"):
             per_model[f"{key}_bits_per_dim"] = [bits_per_dim_of(run.config, data.test.shape[1:], v)
                                                 for v in per_model[key]]

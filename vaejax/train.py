@@ -282,13 +282,17 @@ BITS_PER_DIM_CONVENTION = (
     "−log p(y), an upper bound on the bits/dim of the discrete levels")
 
 
-def bits_per_dim_of(config: TrainConfig, image_shape, log_likelihood: float) -> float | None:
-    """bits/dim of a grey-level run ("none" or "dequantize" data that are not binary), else None
-    (binary data are reported in nats)."""
-    levels = input_pipeline.LEVELS.get(config.dataset, 256)
-    if config.binarization not in ("none", "dequantize") or levels == 2:
-        return None
-    dequantized = levels if config.binarization == "dequantize" else None
+def is_grey_level(config: TrainConfig) -> bool:
+    """Whether the run models grey levels ("none" or "dequantize" data that are not binary);
+    binary data are reported in nats only."""
+    return (config.binarization in ("none", "dequantize")
+            and input_pipeline.LEVELS.get(config.dataset, 256) > 2)
+
+
+def bits_per_dim_of(config: TrainConfig, image_shape, log_likelihood: float) -> float:
+    """bits/dim of a grey-level run's log-likelihood (see `is_grey_level`)."""
+    dequantized = (input_pipeline.LEVELS.get(config.dataset, 256)
+                   if config.binarization == "dequantize" else None)
     return float(vaejax.bits_per_dim(log_likelihood, math.prod(image_shape), dequantized))
 
 
@@ -307,7 +311,7 @@ def _summary(config, trainer, records, epochs_done):
         "train_examples_per_second": statistics.median(speeds[1:] or speeds) if speeds else None,
     }
     keys = ("test_elbo", "rate", "distortion")
-    if bits_per_dim_of(config, trainer.image_shape, 0.0) is not None:
+    if is_grey_level(config):
         for m in per_model:
             m["test_elbo_bits_per_dim"] = bits_per_dim_of(config, trainer.image_shape,
                                                           m["test_elbo"])

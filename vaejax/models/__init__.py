@@ -123,6 +123,12 @@ def _two_layer(name: str, pseudo_inputs: int):
     return family
 
 
+def _vqvae(config: ModelConfig) -> ModelFn:
+    """ModelConfig's hidden widths and latent_dim (= n code vectors); K = 64 codes of size 16."""
+    _own_architecture("vqvae", config)
+    return lambda shape, rngs: VQVAE(shape, config.hidden, config.latent_dim, rngs=rngs)
+
+
 # name → model built from the ModelConfig; the fixed sizes follow each family's paper.
 register_family("vae", lambda c: lambda shape, rngs: VAE(shape, c, rngs=rngs))
 register_family("vae-planar", lambda c: lambda shape, rngs: FlowVAE(shape, c, "planar", 10,
@@ -131,14 +137,6 @@ register_family("vae-iaf", lambda c: lambda shape, rngs: FlowVAE(shape, c, "iaf"
 register_family("vampprior", _vampprior)
 register_family("two-layer", _two_layer("two-layer", 0))
 register_family("two-layer-vampprior", _two_layer("two-layer-vampprior", 500))
-
-
-def _vqvae(config: ModelConfig) -> ModelFn:
-    """ModelConfig's hidden widths and latent_dim (= n code vectors); K = 64 codes of size 16."""
-    _own_architecture("vqvae", config)
-    return lambda shape, rngs: VQVAE(shape, config.hidden, config.latent_dim, rngs=rngs)
-
-
 register_family("vqvae", _vqvae)
 
 __all__ = ["CUSTOM", "FlowVAE", "GaussianMixturePrior", "MLP", "Model", "ModelFn", "TwoLayerVAE",
