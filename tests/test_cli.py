@@ -101,6 +101,13 @@ def test_beta_sweep_from_the_command_line(tmp_path):
     (["--likelihood", "logistic", "--levels", "256"], "digits has 17 grey levels: set levels=17"),
     (["--likelihood", "logistic_mixture", "--mixture-components", "0"],
      "mixture_components must be >= 1"),
+    # A setting another likelihood reads, or a family and objective that do not train each other.
+    (["--levels", "17"], "levels is read by the logistic and logistic_mixture likelihood only"),
+    (["--likelihood", "logistic", "--mixture-components", "3"],
+     "mixture_components is read by the logistic_mixture likelihood only"),
+    (["--gaussian-scale", "learned"], "gaussian_scale is read by the gaussian likelihood only"),
+    (["--objective", "vq"], "the vq objective is for the vqvae family, not 'vae'"),
+    (["--model", "vqvae"], "the vqvae family trains with objective 'vq', not 'elbo'"),
 ])
 def test_bad_input_one_error_nothing_written(tmp_path, capsys, flags, message):
     """Each bad input: exit code 2, one line naming the problem, no run folder."""

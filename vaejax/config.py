@@ -25,6 +25,9 @@ LIKELIHOOD_DATA = {
     "logistic": ("none",),
     "logistic_mixture": ("none",),
 }
+# Settings read by some likelihoods only: a differing value under another would be ignored.
+LIKELIHOOD_SETTINGS = {"gaussian_scale": ("gaussian",), "levels": ("logistic", "logistic_mixture"),
+                       "mixture_components": ("logistic_mixture",)}
 ESTIMATORS = ("gumbel_softmax", "score_function")
 LR_SCHEDULES = ("constant", "cosine")
 OPTIMIZERS = ("adam", "custom")  # "custom": an optax transformation given in Python
@@ -221,6 +224,10 @@ def validate(config: TrainConfig) -> TrainConfig:
              f"mixture_components must be >= 1; got {m.mixture_components}")
     if m.family != "custom":  # a model_fn's own likelihood is its author's to match
         _check_data_treatment(config)
+        for name, readers in LIKELIHOOD_SETTINGS.items():
+            _require(m.likelihood in readers or getattr(m, name) == getattr(ModelConfig(), name),
+                     f"{name} is read by the {' and '.join(readers)} likelihood only; "
+                     f"the {m.likelihood} likelihood would ignore it")
     _require(len(config.betas) >= 1, "give at least one beta")
     for beta in config.betas:
         _require(math.isfinite(beta) and beta >= 0, f"beta must be >= 0; got {beta}")

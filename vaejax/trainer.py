@@ -66,6 +66,8 @@ class Trainer:
         self.config = config
         self.image_shape = tuple(image_shape)
         self.steps_per_epoch = num_train // config.batch_size
+        if model_fn is None and objective is None:
+            models.check_objective(config.model.family, config.objective)
         self.model_fn = model_fn or models.model_fn(config.model)
         self.objective = objective or objectives.from_config(config)
         self.schedules = (schedules_lib.from_config(config, self.steps_per_epoch)

@@ -41,6 +41,7 @@ class Model(Protocol):
 
 
 _FAMILIES: dict[str, Callable[[ModelConfig], ModelFn]] = {}
+_OWN_OBJECTIVE: dict[str, str] = {}  # family → the one objective it trains with
 
 
 def register(name: str, model_fn: ModelFn) -> ModelFn:
@@ -53,12 +54,30 @@ def register(name: str, model_fn: ModelFn) -> ModelFn:
     return model_fn
 
 
-def register_family(name: str, family: Callable[[ModelConfig], ModelFn]):
-    """Registers a family sized by the ModelConfig: `family(config) -> model_fn`."""
+def register_family(name: str, family: Callable[[ModelConfig], ModelFn],
+                    objective: str | None = None):
+    """Registers a family sized by the ModelConfig: `family(config) -> model_fn`.
+
+    `objective` names the one objective the family trains with (and that trains
+    it only), where the stock ones do not apply; `check_objective` enforces it.
+    """
     if name == CUSTOM:
         raise ValueError(f"{CUSTOM!r} names runs trained with a model_fn; choose another name")
     _FAMILIES[name] = family
+    if objective is not None:
+        _OWN_OBJECTIVE[name] = objective
     return family
+
+
+def check_objective(family: str, objective: str) -> None:
+    """Raises ConfigError for a registered family and objective that do not train each other."""
+    own = _OWN_OBJECTIVE.get(family)
+    if own is not None and objective != own:
+        raise ConfigError(f"the {family} family trains with objective {own!r}, not {objective!r}")
+    users = [f for f, o in _OWN_OBJECTIVE.items() if o == objective]
+    if users and family not in users:
+        raise ConfigError(f"the {objective} objective is for the {', '.join(users)} family, "
+                          f"not {family!r}")
 
 
 def families() -> tuple[str, ...]:
@@ -137,7 +156,8 @@ register_family("vae-iaf", lambda c: lambda shape, rngs: FlowVAE(shape, c, "iaf"
 register_family("vampprior", _vampprior)
 register_family("two-layer", _two_layer("two-layer", 0))
 register_family("two-layer-vampprior", _two_layer("two-layer-vampprior", 500))
-register_family("vqvae", _vqvae)
+register_family("vqvae", _vqvae, objective="vq")
 
 __all__ = ["CUSTOM", "FlowVAE", "GaussianMixturePrior", "MLP", "Model", "ModelFn", "TwoLayerVAE",
-           "VAE", "VQVAE", "VampVAE", "families", "model_fn", "register", "register_family"]
+           "VAE", "VQVAE", "VampVAE", "check_objective", "families", "model_fn", "register",
+           "register_family"]
