@@ -108,6 +108,7 @@ def model_fn(config: ModelConfig) -> ModelFn:
     return _FAMILIES[config.family](config)
 
 
+from vaejax.models.conv import Conv, ConvTranspose  # noqa: E402
 from vaejax.models.flows import FlowVAE  # noqa: E402
 from vaejax.models.priors import GaussianMixturePrior  # noqa: E402
 from vaejax.models.two_layer import TwoLayerVAE  # noqa: E402
@@ -158,6 +159,6 @@ register_family("two-layer", _two_layer("two-layer", 0))
 register_family("two-layer-vampprior", _two_layer("two-layer-vampprior", 500))
 register_family("vqvae", _vqvae, objective="vq")
 
-__all__ = ["CUSTOM", "FlowVAE", "GaussianMixturePrior", "MLP", "Model", "ModelFn", "TwoLayerVAE",
+__all__ = ["CUSTOM", "Conv", "ConvTranspose", "FlowVAE", "GaussianMixturePrior", "MLP", "Model", "ModelFn", "TwoLayerVAE",
            "VAE", "VQVAE", "VampVAE", "check_objective", "families", "model_fn", "register",
            "register_family"]

@@ -14,6 +14,7 @@ from flax import nnx
 
 import vaejax
 from vaejax.config import ModelConfig
+from vaejax.models.conv import Conv, ConvTranspose
 
 _ACTIVATIONS = {
     "relu": jax.nn.relu, "tanh": jnp.tanh, "gelu": jax.nn.gelu, "softplus": jax.nn.softplus,
@@ -46,7 +47,7 @@ class ConvTrunk(nnx.Module):
     def __init__(self, shape, config: ModelConfig, *, rngs: nnx.Rngs):
         h, w, c = shape
         chans = (c, *config.conv_channels)
-        self.convs = nnx.List([nnx.Conv(a, b, (3, 3), strides=2, rngs=rngs)
+        self.convs = nnx.List([Conv(a, b, (3, 3), strides=2, rngs=rngs)
                                for a, b in zip(chans, chans[1:])])
         n = len(config.conv_channels)
         flat = _downsampled(h, n) * _downsampled(w, n) * chans[-1]
@@ -70,9 +71,9 @@ class ConvHead(nnx.Module):
         # The encoder's dense widths reversed: its input is the last of them.
         self.mlp = MLP((*config.hidden[::-1], math.prod(self.grid)), config.activation, rngs=rngs)
         chans = config.conv_channels[::-1]
-        self.deconvs = nnx.List([nnx.ConvTranspose(a, b, (3, 3), strides=2, rngs=rngs)
+        self.deconvs = nnx.List([ConvTranspose(a, b, (3, 3), strides=2, rngs=rngs)
                                  for a, b in zip(chans, (*chans[1:], chans[-1]))])
-        self.out = nnx.Conv(chans[-1], out_channels, (3, 3), rngs=rngs)
+        self.out = Conv(chans[-1], out_channels, (3, 3), rngs=rngs)
         self.activation = _ACTIVATIONS[config.activation]
 
     def __call__(self, hidden):
