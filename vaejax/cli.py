@@ -229,6 +229,7 @@ def _evaluate_run(args, run, chunk_size):
 
     import jax
 
+    import vaejax
     from vaejax import evaluation
     from vaejax.train import (BITS_PER_DIM_CONVENTION, RunError, bits_per_dim_of, is_grey_level,
                               prepare_data, update_summary)
@@ -257,6 +258,10 @@ def _evaluate_run(args, run, chunk_size):
                  "rate": [float(v) for v in elbo_terms["rate"]],
                  "distortion": [float(v) for v in elbo_terms["distortion"]],
                  "active_units": [int(v) for v in evaluation.active_units(test_codes)]}
+    if isinstance(trainer.models(state)[0].encode(data.test[:1]), vaejax.Categorical):
+        perplexity, unused = evaluation.code_usage(test_codes)
+        per_model["code_perplexity"] = [float(v) for v in perplexity]
+        per_model["unused_codes"] = [int(v) for v in unused]
     extra = {}
     if is_grey_level(run.config):
         for key in ("test_log_likelihood", "test_elbo"):
@@ -275,6 +280,8 @@ def _evaluate_run(args, run, chunk_size):
         line = (f"model {i}: test log p(x) ≈ {m['test_log_likelihood']:.3f} nats{bits} "
                 f"(K={args.num_samples}), test ELBO {m['test_elbo']:.3f}, rate {m['rate']:.3f}, "
                 f"distortion {m['distortion']:.3f}, active units {m['active_units']}")
+        if "code_perplexity" in m:
+            line += f", code perplexity {m['code_perplexity']:.1f}, unused codes {m['unused_codes']}"
         if "linear_probe_accuracy" in m:
             line += f", linear probe accuracy {m['linear_probe_accuracy']:.3f}"
         print(line)

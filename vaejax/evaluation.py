@@ -103,3 +103,22 @@ def linear_probe_accuracy(train_codes, train_labels, test_codes, test_labels) ->
     scaler = StandardScaler().fit(train_codes)
     probe = LogisticRegression(max_iter=2000).fit(scaler.transform(train_codes), train_labels)
     return float(probe.score(scaler.transform(test_codes), test_labels))
+
+
+def code_usage(codes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """How the images use a categorical latent's K categories (a VQ-VAE's codebook), per model.
+
+    Each image's code is the most probable category of each of its n variables.
+
+    Args:
+      codes: category probabilities E_q[z|x], shape (models, N, n, K).
+
+    Returns:
+      (perplexity exp H of the picked categories' frequencies, 1 to K; the number of
+      categories no image picks), each shape (models,).
+    """
+    num_codes = codes.shape[-1]
+    picks = np.argmax(codes, axis=-1).reshape(codes.shape[0], -1)
+    perplexity = [float(vaejax.codebook_perplexity(p, num_codes)) for p in picks]
+    unused = [num_codes - len(np.unique(p)) for p in picks]
+    return np.array(perplexity), np.array(unused)

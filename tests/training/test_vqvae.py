@@ -11,7 +11,7 @@ from flax import nnx
 import vaejax
 from vaejax.cli import main
 from vaejax.objectives import eval_terms
-from vaejax.train import load_run
+from vaejax.train import load_run, read_summary
 
 FLAGS = ["--model", "vqvae", "--objective", "vq", "--hidden", "64", "--latent-dim", "4",
          "--checkpoint-every", "2", "--no-progress"]
@@ -59,3 +59,23 @@ def test_vqvae_refuses_stock_settings(tmp_path, capsys):
     assert main(["train", "--workdir", str(tmp_path / "r"), *FLAGS, "--likelihood",
                  "logistic"]) == 2
     assert "vqvae family builds its own architecture" in capsys.readouterr().err
+
+
+def test_code_usage_counts_picked_codes():
+    from vaejax.evaluation import code_usage
+    # 2 models, 3 images, 2 variables, K = 4: model 0 picks codes 0,0,1,1,2,2; model 1 only 3.
+    picks = np.array([[[0, 0], [1, 1], [2, 2]], [[3, 3], [3, 3], [3, 3]]])
+    probs = jax.nn.one_hot(picks, 4) * 0.7 + 0.075  # soft, argmax unchanged
+    perplexity, unused = code_usage(np.asarray(probs))
+    np.testing.assert_allclose(perplexity, [3.0, 1.0], rtol=1e-6)
+    np.testing.assert_array_equal(unused, [1, 3])
+
+
+def test_evaluate_reports_code_usage(tmp_path, capsys):
+    workdir = str(tmp_path / "r")
+    assert main(["train", "--workdir", workdir, *FLAGS, "--epochs", "1"]) == 0
+    assert main(["evaluate", "--workdir", workdir, "-k", "2", "--no-progress"]) == 0
+    summary = read_summary(workdir)
+    assert 1.0 <= summary["code_perplexity"] <= 64
+    assert 0 <= summary["unused_codes"] < 64
+    assert "code perplexity" in capsys.readouterr().out
