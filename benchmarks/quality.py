@@ -52,6 +52,11 @@ ROWS = {
                          "no published row: the gain over burda-vae (diagonal), same schedule"),
     "burda-vae-iaf": (STATIC + ["--preset", "burda", "--model", "vae-iaf"], None,
                       "no published row: the gain over burda-vae (diagonal), same schedule"),
+    # VQ-VAE: q is one-hot, so K = 1 importance sampling is its ELBO log p(x|z_q) − n·log K.
+    "vqvae-mnist": (DYNAMIC + ["--model", "vqvae", "--objective", "vq", "--hidden", "400",
+                               "--latent-dim", "8"], None,
+                    "no published MNIST row (van den Oord et al. 2017 report CIFAR-10 and "
+                    "ImageNet): distortion, code perplexity and unused codes of K = 64"),
 }
 # Jang et al. report the negative ELBO, not an importance-sampled NLL.
 ELBO_ROWS = {
@@ -98,7 +103,8 @@ def run(row: str, epochs: int, workdir: str, num_samples: int, batch_size: int,
                       eval_seconds=summary["log_likelihood_seconds"],
                       active_units=summary["active_units"], rate=summary["rate"],
                       distortion=summary["distortion"],
-                      linear_probe_accuracy=summary.get("linear_probe_accuracy"))  # needs labels
+                      linear_probe_accuracy=summary.get("linear_probe_accuracy"),  # needs labels
+                      **{k: summary[k] for k in ("code_perplexity", "unused_codes") if k in summary})
         result["gap_to_published"] = None if published is None else result["test_nll"] - published
     else:
         result["negative_test_elbo"] = -summary["test_elbo"]
