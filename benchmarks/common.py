@@ -110,22 +110,24 @@ def square_matmul_rate(n: int, repeats: int) -> dict:
     return {"n": n, "seconds": seconds, "flops": 2.0 * n**3, "flops_per_second": 2.0 * n**3 / seconds}
 
 
-def step_matmul_flops(batch: int, layers: list[tuple[int, int]]) -> float:
-    """The matmul FLOPs one training step must spend: forward x·W and weight gradient
-    xᵀ·dy for every layer, input gradient dy·Wᵀ for all but the first (the data need none)."""
-    forward = sum(2.0 * batch * i * o for i, o in layers)
-    return 2 * forward + forward - 2.0 * batch * layers[0][0] * layers[0][1]
+def step_matmul_flops(batch: int, layers: list[tuple[int, int, int]]) -> float:
+    """The matmul FLOPs one training step must spend on layers (rows, in, out) — rows
+    products of (in)·(in×out) per example: 1 for a dense layer, the output positions of a
+    convolution in im2col form. Forward x·W and weight gradient xᵀ·dy for every layer,
+    input gradient dy·Wᵀ for all but the first (the data need none)."""
+    forward = [2.0 * batch * r * i * o for r, i, o in layers]
+    return 3 * sum(forward) - forward[0]
 
 
-def layer_matmul_rate(batch: int, layers: list[tuple[int, int]], repeats: int) -> dict:
-    """FLOP/s of the matmuls of one training step of dense layers `layers` at this batch.
+def layer_matmul_rate(batch: int, layers: list[tuple[int, int, int]], repeats: int) -> dict:
+    """FLOP/s of the matmuls of one training step of layers (rows, in, out) at this batch.
 
     One compiled program computes exactly the products of `step_matmul_flops`, with
     their shapes and nothing else: the rate a step could reach if it were all matmul.
     """
     rng = np.random.default_rng(0)
     operands = [tuple(jax.device_put(rng.standard_normal(shape, np.float32))
-                      for shape in ((batch, i), (i, o), (batch, o))) for i, o in layers]
+                      for shape in ((batch * r, i), (i, o), (batch * r, o))) for r, i, o in layers]
 
     @jax.jit
     def products(operands):
