@@ -153,7 +153,10 @@ def test_user_model_on_eight_devices_equals_one():
             assert len(jax.tree.leaves(state.params)[0].sharding.device_set) == devices
             results.append([np.asarray(x) for x in jax.tree.leaves((state.params, state.rest))])
         for a, b in zip(*results):
-            np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
+            # Round-off of the 8-way gradient sum differs by host; Adam divides each gradient
+            # by its own scale, so on near-zero gradients it moves a parameter by up to lr
+            # (1e-3) a step: 2 epochs end up to 6.4e-5 apart on an Intel Xeon host.
+            np.testing.assert_allclose(a, b, rtol=1e-4, atol=2e-4)
         print("sharded run matches")
     """)
     assert "sharded run matches" in run_on_host_devices(script)
