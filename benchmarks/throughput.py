@@ -221,34 +221,29 @@ def torch_vae(torch, model: ModelConfig):
         def __init__(self):
             super().__init__()
             d, c, pixels = model.latent_dim, SHAPE[-1], math.prod(SHAPE)
-            self.encoder, self.decoder = [nn.Flatten()], []
+            convs, deconvs = [], [nn.Unflatten(1, (c, *SHAPE[:2]))]
             if model.architecture == "conv":
                 chans, n = (c, *model.conv_channels), len(model.conv_channels)
-                self.encoder = [nn.Conv2d(a, b, 3, stride=2, padding=1)
-                                for a, b in zip(chans, chans[1:])] + [nn.Flatten()]
-                self.grid = (chans[-1], _down(SHAPE[0], n), _down(SHAPE[1], n))
+                convs = [nn.Conv2d(a, b, 3, stride=2, padding=1) for a, b in zip(chans, chans[1:])]
+                grid = (chans[-1], _down(SHAPE[0], n), _down(SHAPE[1], n))
                 up = chans[:0:-1]
-                self.decoder = [nn.Unflatten(1, self.grid)] + [
+                deconvs = [nn.Unflatten(1, grid), *self._relu(
                     nn.ConvTranspose2d(a, b, 3, stride=2, padding=1, output_padding=1)
-                    for a, b in zip(up, (*up[1:], up[-1]))]
-                out = nn.Conv2d(up[-1], c, 3, padding=1)
-                pixels = math.prod(self.grid)
+                    for a, b in zip(up, (*up[1:], up[-1]))), nn.Conv2d(up[-1], c, 3, padding=1)]
+                pixels = math.prod(grid)
             sizes = (pixels, *model.hidden)
-            self.encoder = nn.Sequential(*self._relu(
-                self.encoder + [nn.Linear(a, b) for a, b in zip(sizes, sizes[1:])]))
+            self.encoder = nn.Sequential(*self._relu(convs), nn.Flatten(), *self._relu(
+                nn.Linear(a, b) for a, b in zip(sizes, sizes[1:])))
             self.mean, self.logvar = nn.Linear(sizes[-1], d), nn.Linear(sizes[-1], d)
             back = (d, *sizes[::-1])
             dense = [nn.Linear(a, b) for a, b in zip(back, back[1:])]
-            if model.architecture == "conv":
-                self.decoder = nn.Sequential(*self._relu(dense + self.decoder), out)
-            else:
-                self.decoder = nn.Sequential(*self._relu(dense[:-1]), dense[-1],
-                                             nn.Unflatten(1, (c, *SHAPE[:2])))
+            # ReLU after every dense layer but an MLP's last, whose outputs are the logits.
+            last = [dense.pop()] if model.architecture == "mlp" else []
+            self.decoder = nn.Sequential(*self._relu(dense), *last, *deconvs)
 
         @staticmethod
         def _relu(layers):
-            return [m for layer in layers for m in (
-                (layer,) if isinstance(layer, (nn.Flatten, nn.Unflatten)) else (layer, nn.ReLU()))]
+            return [m for layer in layers for m in (layer, nn.ReLU())]
 
         def forward(self, x):
             h = self.encoder(x)

@@ -258,7 +258,8 @@ def _evaluate_run(args, run, chunk_size):
                  "rate": [float(v) for v in elbo_terms["rate"]],
                  "distortion": [float(v) for v in elbo_terms["distortion"]],
                  "active_units": [int(v) for v in evaluation.active_units(test_codes)]}
-    if isinstance(trainer.models(state)[0].encode(data.test[:1]), vaejax.Categorical):
+    first = trainer.model(*jax.tree.map(lambda t: t[0], (state.params, state.rest)))
+    if isinstance(first.encode(data.test[:1]), vaejax.Categorical):
         perplexity, unused = evaluation.code_usage(test_codes)
         per_model["code_perplexity"] = [float(v) for v in perplexity]
         per_model["unused_codes"] = [int(v) for v in unused]
