@@ -50,10 +50,10 @@ def test_python_m_vaejax_help_shows_choices_and_defaults():
     config = TrainConfig()
     for expected in (f"one of {', '.join(input_pipeline.KNOWN_DATASETS)}",
                      f"one of {', '.join(POSTERIORS)} (default: {config.model.posterior})",
-                     f"one of {', '.join(LR_SCHEDULES)}", "one of elbo, iwae",
+                     f"one of {', '.join(LR_SCHEDULES)}", "one of ae, contractive-ae, denoising-ae, elbo, iwae",
                      f"--epochs EPOCHS (default: {config.epochs})",
                      f"(default: {config.learning_rate})",
-                     f"e.g. 200,200 (default: {','.join(map(str, config.model.hidden))})"):
+                     f"e.g. 200,200 ('' for none) (default: {','.join(map(str, config.model.hidden))})"):
         assert expected in text, expected
 
 
@@ -182,10 +182,28 @@ def test_evaluate_needs_whole_chunks(tmp_path, capsys):
 
 
 @pytest.mark.parametrize("flags,message", [
-    (["--objective", "iwae", "--beta", "0.25,4"], "IWAE objective has no KL term to weight: betas"),
-    (["--objective", "iwae", "--kl-warmup-epochs", "2"], "kl_warmup_epochs is for the ELBO"),
-    (["--objective", "iwae", "--kl-target", "3"], "kl_target is for the ELBO"),
-    (["--objective", "vampire"], "unknown objective 'vampire'; registered: elbo, iwae"),
+    (["--objective", "iwae", "--beta", "0.25,4"], "the iwae objective does not read betas"),
+    (["--objective", "iwae", "--kl-warmup-epochs", "2"],
+     "the iwae objective does not read kl_warmup_epochs"),
+    (["--objective", "iwae", "--kl-target", "3"], "the iwae objective does not read kl_target"),
+    (["--objective", "vampire"], "unknown objective 'vampire'; registered: ae, contractive-ae"),
+    (["--model", "vqvae", "--objective", "vq", "--beta", "2"], "the vq objective does not read betas"),
+    (["--corruption", "masking:0.2"], "the elbo objective does not read corruption"),
+    (["--hidden", ""], "the vae family needs at least one hidden layer"),
+    (["--model", "autoencoder"], "the autoencoder family trains with objective 'ae' or "
+     "'sparse-ae' or 'contractive-ae' or 'denoising-ae', not 'elbo'"),
+    (["--model", "autoencoder", "--objective", "ae", "--beta", "2"],
+     "the ae objective does not read betas"),
+    (["--model", "autoencoder", "--objective", "denoising-ae"],
+     "the denoising-ae objective needs a corruption NOISE:LEVEL"),
+    (["--model", "autoencoder", "--objective", "denoising-ae", "--corruption", "blur:0.2"],
+     "the corruption's noise must be one of masking, gaussian, salt_and_pepper; got 'blur'"),
+    (["--model", "autoencoder", "--objective", "denoising-ae", "--corruption", "masking:2"],
+     "the masking corruption's level must be in [0, 1]; got 2"),
+    (["--model", "autoencoder", "--objective", "ae", "--posterior", "full"],
+     "the autoencoder family builds its own architecture: it does not use posterior"),
+    (["--model", "autoencoder", "--objective", "ae", "--likelihood", "gaussian",
+      "--gaussian-scale", "learned"], "a gaussian one of fixed scale"),
 ])
 def test_flags_without_meaning_are_refused(tmp_path, capsys, flags, message):
     """A combination the objective would silently ignore is one clear error, nothing written."""

@@ -12,8 +12,8 @@ import sys
 import time
 from pathlib import Path
 
-from vaejax.config import (ACTIVATIONS, ESTIMATORS, LIKELIHOOD_DATA, LIKELIHOODS, LR_SCHEDULES,
-                           POSTERIORS, PRESETS, ConfigError, TrainConfig)
+from vaejax.config import (ACTIVATIONS, CORRUPTIONS, ESTIMATORS, LIKELIHOOD_DATA, LIKELIHOODS,
+                           LR_SCHEDULES, POSTERIORS, PRESETS, ConfigError, TrainConfig)
 from vaejax.input_pipeline import BINARIZATIONS, KNOWN_DATASETS, LEVELS
 
 _EXIT_USAGE = 2
@@ -28,7 +28,7 @@ def _floats(text):
 
 def _ints(text):
     try:
-        return tuple(int(v) for v in text.split(","))
+        return tuple(int(v) for v in text.split(",")) if text else ()
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}")
 
@@ -44,7 +44,7 @@ _MODEL_FLAGS = ("family", "architecture", "hidden", "conv_channels", "activation
 _TRAIN_FLAGS = ("dataset", "binarization", "objective", "num_samples", "betas", "seeds",
                 "kl_warmup_epochs", "free_bits", "kl_target", "dual_learning_rate", "estimator",
                 "temperature", "min_temperature", "temperature_decay", "epochs", "batch_size",
-                "learning_rate", "lr_schedule", "devices", "checkpoint_every", "init_from")
+                "learning_rate", "lr_schedule", "devices", "checkpoint_every", "init_from", "corruption")
 
 
 def _add_data_flags(p):
@@ -102,7 +102,7 @@ def _parser():
                    "registered with vaejax.models.register or offered as a 'vaejax.models' entry point")
     t.add_argument("--preset", choices=sorted(PRESETS), help="architecture preset (default: digits)")
     t.add_argument("--architecture", choices=("mlp", "conv"))
-    t.add_argument("--hidden", type=_ints, help="hidden widths, e.g. 200,200")
+    t.add_argument("--hidden", type=_ints, help="hidden widths, e.g. 200,200 ('' for none)")
     t.add_argument("--conv-channels", type=_ints)
     t.add_argument("--activation")
     t.add_argument("--latent-dim", type=int, help="latent size (categorical: number of variables)")
@@ -125,6 +125,8 @@ def _parser():
     t.add_argument("--temperature", type=float)
     t.add_argument("--min-temperature", type=float)
     t.add_argument("--temperature-decay", type=float)
+    t.add_argument("--corruption", help="NOISE:LEVEL of the denoising-ae inputs, NOISE one of "
+                   f"{', '.join(CORRUPTIONS)}, e.g. masking:0.25")
     t.add_argument("--epochs", type=int)
     t.add_argument("--batch-size", type=int)
     t.add_argument("--learning-rate", "--lr", dest="learning_rate", type=float)
@@ -203,11 +205,29 @@ def _train(args):
                                  progress=not given.get("no_progress"),
                                  stepwise=given.get("stepwise", False))
     for m in summary["models"]:
-        bits = (f" ({m['test_elbo_bits_per_dim']:.4f} bits/dim)"
-                if "test_elbo_bits_per_dim" in m else "")
-        print(f"model {m['model']} (seed {m['seed']}, β={m['beta']:g}): test ELBO {m['test_elbo']:.3f} "
-              f"nats{bits}, rate {m['rate']:.3f}, distortion {m['distortion']:.3f}")
+        print(f"model {m['model']} (seed {m['seed']}, β={m['beta']:g}): {_results(m)}")
     print(f"{summary['train_examples_per_second']:,.0f} training examples/s; run folder: {workdir}")
+
+
+_LABELS = {"test_log_likelihood": "test log p(x) ≈", "test_elbo": "test ELBO"}
+_IN_NATS = ("test_log_likelihood", "test_elbo")
+
+
+def _results(m: dict) -> str:
+    """A model's results in one line: each value with its bits/dim where there is one."""
+    shown = []
+    for key, value in m.items():
+        if key.endswith("_bits_per_dim") or key in ("model", "seed", "beta", "beta_in_use",
+                                                    "train_elbo"):
+            continue
+        text = f"{_LABELS.get(key, key.replace('_', ' '))} {value:.3f}" if isinstance(
+            value, float) else f"{key.replace('_', ' ')} {value}"
+        if key in _IN_NATS:
+            text += " nats"
+        if f"{key}_bits_per_dim" in m:
+            text += f" ({m[f'{key}_bits_per_dim']:.4f} bits/dim)"
+        shown.append(text)
+    return ", ".join(shown)
 
 
 def _evaluate(args):
@@ -231,72 +251,69 @@ def _evaluate_run(args, run, chunk_size):
 
     import vaejax
     from vaejax import evaluation
-    from vaejax.train import (BITS_PER_DIM_CONVENTION, RunError, bits_per_dim_of, is_grey_level,
-                              prepare_data, update_summary)
+    from vaejax.train import (BITS_PER_DIM_CONVENTION, RunError, bits_per_dim_of, headline,
+                              is_grey_level, prepare_data, update_summary)
     trainer, state = run.trainer, run.state
     data = prepare_data(run.config, args.data_dir, args.manual_dir)
-    # The test ELBO of the restored parameters, drawn with the key of the checkpoint's epoch,
-    # repeats the value training recorded: a mismatch means the files do not belong together.
-    elbo_terms = jax.device_get(trainer.evaluate(state, trainer.place(data.test), run.epoch - 1))
-    recorded = {r["model"]: r["test_elbo"] for r in run.metrics if r["epoch"] == run.epoch}
-    for i, value in enumerate(elbo_terms["elbo"]):
-        if i not in recorded or not math.isclose(value, recorded[i], rel_tol=1e-4, abs_tol=1e-4):
-            raise RunError(f"the checkpoint of epoch {run.epoch} gives model {i} a test ELBO of "
-                           f"{float(value):.4f}, but training recorded "
-                           f"{recorded.get(i, 'none')} for that epoch: the checkpoint is not the "
-                           "model that was trained")
-    tic = time.perf_counter()
-    log_px = evaluation.importance_log_likelihood(
-        trainer, state, data.test, num_samples=args.num_samples,
-        chunk_size=chunk_size, batch_size=args.batch_size,
-        progress=not args.no_progress)
-    seconds = time.perf_counter() - tic
-    train_codes = evaluation.latent_codes(trainer, state, data.train)
+    # The test metrics of the restored parameters, drawn with the key of the checkpoint's epoch,
+    # repeat the values training recorded: a mismatch means the files do not belong together.
+    test = jax.device_get(trainer.evaluate(state, trainer.place(data.test), run.epoch - 1))
+    records = {r["model"]: r for r in run.metrics if r["epoch"] == run.epoch}
+    if sorted(records) != list(range(run.config.num_models)):
+        raise RunError(f"{args.workdir}/metrics.jsonl lacks the records of epoch {run.epoch}, "
+                       "the epoch of its checkpoint")
+    key = headline(records[0])
+    for i, value in enumerate(test[key]):
+        if not math.isclose(value, records[i][key], rel_tol=1e-4, abs_tol=1e-4):
+            raise RunError(f"the checkpoint of epoch {run.epoch} gives model {i} a {key} of "
+                           f"{float(value):.4f}, but training recorded {records[i][key]} for "
+                           "that epoch: the checkpoint is not the model that was trained")
+    first = run.models[0]
+    per_model, extra = {}, {"evaluated_epoch": run.epoch}
+    if hasattr(first, "prior"):  # a latent-variable model: log p(x) by importance sampling
+        tic = time.perf_counter()
+        log_px = evaluation.importance_log_likelihood(
+            trainer, state, data.test, num_samples=args.num_samples,
+            chunk_size=chunk_size, batch_size=args.batch_size,
+            progress=not args.no_progress)
+        extra.update(log_likelihood_num_samples=args.num_samples,
+                     log_likelihood_seconds=time.perf_counter() - tic)
+        per_model["test_log_likelihood"] = [float(v) for v in log_px.mean(axis=1)]
+    per_model.update({k: [float(v) for v in test[k]] for k in records[0] if k in test})
     test_codes = evaluation.latent_codes(trainer, state, data.test)
-    per_model = {"test_log_likelihood": [float(v) for v in log_px.mean(axis=1)],
-                 "test_elbo": [float(v) for v in elbo_terms["elbo"]],
-                 "rate": [float(v) for v in elbo_terms["rate"]],
-                 "distortion": [float(v) for v in elbo_terms["distortion"]],
-                 "active_units": [int(v) for v in evaluation.active_units(test_codes)]}
-    first = trainer.model(*jax.tree.map(lambda t: t[0], (state.params, state.rest)))
+    if hasattr(first, "prior"):
+        per_model["active_units"] = [int(v) for v in evaluation.active_units(test_codes)]
     if isinstance(first.encode(data.test[:1]), vaejax.Categorical):
         perplexity, unused = evaluation.code_usage(test_codes)
         per_model["code_perplexity"] = [float(v) for v in perplexity]
         per_model["unused_codes"] = [int(v) for v in unused]
-    extra = {}
-    if is_grey_level(run.config):
-        for key in ("test_log_likelihood", "test_elbo"):
-            per_model[f"{key}_bits_per_dim"] = [bits_per_dim_of(run.config, data.test.shape[1:], v)
-                                                for v in per_model[key]]
+    if is_grey_level(run.config) and "test_log_likelihood" in per_model:
+        for k in ("test_log_likelihood", "test_elbo"):
+            per_model[f"{k}_bits_per_dim"] = [bits_per_dim_of(run.config, data.test.shape[1:], v)
+                                              for v in per_model[k]]
         extra["bits_per_dim_convention"] = BITS_PER_DIM_CONVENTION
     if data.train_labels is not None and data.test_labels is not None:
+        train_codes = evaluation.latent_codes(trainer, state, data.train)
         per_model["linear_probe_accuracy"] = [
             evaluation.linear_probe_accuracy(tr, data.train_labels, te, data.test_labels)
             for tr, te in zip(train_codes, test_codes)]
     # Printed before summary.json is written, so a failed write loses nothing.
     for i in range(run.config.num_models):
-        m = {k: v[i] for k, v in per_model.items()}
-        bits = (f" ({m['test_log_likelihood_bits_per_dim']:.4f} bits/dim)"
-                if "test_log_likelihood_bits_per_dim" in m else "")
-        line = (f"model {i}: test log p(x) ≈ {m['test_log_likelihood']:.3f} nats{bits} "
-                f"(K={args.num_samples}), test ELBO {m['test_elbo']:.3f}, rate {m['rate']:.3f}, "
-                f"distortion {m['distortion']:.3f}, active units {m['active_units']}")
-        if "code_perplexity" in m:
-            line += f", code perplexity {m['code_perplexity']:.1f}, unused codes {m['unused_codes']}"
-        if "linear_probe_accuracy" in m:
-            line += f", linear probe accuracy {m['linear_probe_accuracy']:.3f}"
-        print(line)
-    print(f"importance sampling took {seconds:.1f} s for {data.test.shape[0]} test images "
-          f"(checkpoint of epoch {run.epoch})")
-    update_summary(args.workdir, per_model, {"log_likelihood_num_samples": args.num_samples,
-                                             "log_likelihood_seconds": seconds,
-                                             "evaluated_epoch": run.epoch, **extra})
+        print(f"model {i}: {_results({k: v[i] for k, v in per_model.items()})}")
+    if "log_likelihood_seconds" in extra:
+        print(f"importance sampling (K={args.num_samples}) took "
+              f"{extra['log_likelihood_seconds']:.1f} s for {data.test.shape[0]} test images "
+              f"(checkpoint of epoch {run.epoch})")
+    update_summary(args.workdir, per_model, extra)
 
 
 def _sample(args):
     from vaejax import plots
     from vaejax.train import load_run, prepare_data
     run = load_run(args.workdir)
+    if not hasattr(run.model, "prior"):
+        raise ConfigError(f"the {run.config.model.family} family has no prior p(z) to sample "
+                          "from; its run folder holds its reconstructions")
     if not 0 <= args.model < run.config.num_models:
         raise ConfigError(f"--model must be in 0..{run.config.num_models - 1}")
     data = prepare_data(run.config, args.data_dir, args.manual_dir)

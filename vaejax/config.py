@@ -31,6 +31,7 @@ LIKELIHOOD_SETTINGS = {"gaussian_scale": ("gaussian",), "levels": ("logistic", "
 ESTIMATORS = ("gumbel_softmax", "score_function")
 LR_SCHEDULES = ("constant", "cosine")
 OPTIMIZERS = ("adam", "custom")  # "custom": an optax transformation given in Python
+CORRUPTIONS = ("masking", "gaussian", "salt_and_pepper")  # the noises of vaejax.corrupt
 
 
 class ConfigError(ValueError):
@@ -110,6 +111,7 @@ class TrainConfig:
     devices: int = 1
     checkpoint_every: int = 10
     init_from: str | None = None  # a run folder whose latest parameters start every model
+    corruption: str | None = None  # "NOISE:LEVEL" of a denoising autoencoder's inputs
 
     @property
     def num_models(self) -> int:
@@ -201,6 +203,20 @@ def _check_data_treatment(config: TrainConfig) -> None:
                  f"set levels={levels} (got {config.model.levels})")
 
 
+def parse_corruption(text: str) -> tuple[str, float]:
+    """("masking", 0.25) from "masking:0.25"; ConfigError if it is no corruption of `corrupt`."""
+    noise, _, level = text.partition(":")
+    try:
+        level = float(level)
+    except ValueError:
+        raise ConfigError(f"corruption must be NOISE:LEVEL, e.g. masking:0.25; got {text!r}")
+    _choice("the corruption's noise", noise, CORRUPTIONS)
+    top = math.inf if noise == "gaussian" else 1.0
+    _require(0 <= level <= top, f"the {noise} corruption's level must be in [0, {top:g}]; "
+             f"got {level:g}")
+    return noise, level
+
+
 def validate(config: TrainConfig) -> TrainConfig:
     """Checks every setting; raises ConfigError with one clear message."""
     _check_types(config)
@@ -249,14 +265,11 @@ def validate(config: TrainConfig) -> TrainConfig:
     _require(config.temperature_decay >= 0, "temperature_decay must be >= 0")
     _require(config.dual_learning_rate > 0, "dual_learning_rate must be > 0")
     _require(config.eval_batch_size >= 1, "eval_batch_size must be >= 1")
-    if config.objective in ("iwae", "iwae-dreg"):
-        _require(m.posterior != "categorical", "the IWAE objective needs a Gaussian posterior")
-        # The bound has no KL term of its own to weight, warm up or constrain.
-        for name, default in (("betas", (1.0,)), ("kl_warmup_epochs", 0), ("free_bits", 0.0),
-                              ("kl_target", None)):
-            _require(getattr(config, name) == default,
-                     f"the IWAE objective has no KL term to weight: {name} is for the ELBO "
-                     f"(got {getattr(config, name)!r})")
+    if config.corruption is not None:
+        parse_corruption(config.corruption)
+    # (Settings an objective does not read are refused by `objectives.check_settings`.)
+    _require(config.objective not in ("iwae", "iwae-dreg") or m.posterior != "categorical",
+             "the IWAE objective needs a Gaussian posterior")
     _require(m.posterior == "categorical" or config.estimator == "gumbel_softmax",
              "the score-function estimator is for categorical latents")
     return config

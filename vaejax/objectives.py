@@ -7,7 +7,13 @@ The trainer records every metric; by convention `elbo`, `rate` and
 `distortion` are batch means in nats, and KL ≤ δ dual ascent reads `rate`.
 
 Objectives are registered by name with a factory `factory(config) -> objective`,
-so a run folder's config.json rebuilds them.
+so a run folder's config.json rebuilds them, and with the TrainConfig settings they
+read (`SETTINGS`): a run that sets another one is refused, not silently ignored.
+
+An evaluation `(model, x, key) -> {record name: per-example values}` scores the
+test set each epoch; the trainer records the test-set mean of each value under
+its name. `elbo_evaluation` serves latent-variable models, `reconstruction_evaluation`
+autoencoders.
 """
 
 from typing import Any, Callable, NamedTuple, Protocol
@@ -16,6 +22,7 @@ import jax
 import jax.numpy as jnp
 
 import vaejax
+from vaejax.core.autoencoders import contractive_penalty, corrupt, sparse_penalty
 from vaejax.core.divergences import kl_from_draws
 
 Metrics = dict[str, jax.Array]
@@ -159,6 +166,53 @@ def vq(commitment: float = 0.25, decay: float = 0.99) -> Objective:
     return objective
 
 
+def autoencoder(penalty: str | None = None, corruption: tuple[str, float] | None = None
+                ) -> Objective:
+    """An autoencoder's loss −log p(x|h) + β·penalty(h), h = model.code(x̃), for models
+    with `code(x)` and `log_likelihood(h, x)` (`vaejax.models.Autoencoder`).
+
+    penalty: None; "sparse", the L1 norm Σ|h| (`sparse_penalty`); or "contractive",
+    ‖∂h/∂x‖²_F (`contractive_penalty`). β is hyper["beta"]. corruption: (noise,
+    level) of `corrupt`, applied to the input only (a denoising autoencoder: x̃ is
+    corrupted, the clean x reconstructed); None: x̃ = x.
+
+    Metrics: `distortion` (batch mean of −log p(x|h), nats) and `penalty`.
+    """
+    def objective(model, batch, key, hyper):
+        x = batch.x if corruption is None else corrupt(key, batch.x, corruption[1], corruption[0])
+        h = model.code(x)
+        distortion = -jnp.mean(model.log_likelihood(h, batch.x))
+        if penalty == "sparse":
+            cost = jnp.mean(sparse_penalty(h))
+        elif penalty == "contractive":
+            cost = jnp.mean(contractive_penalty(model.code, x, event_ndims=3))
+        else:
+            cost = jnp.zeros(())
+        return distortion + hyper["beta"] * cost, {"distortion": distortion, "penalty": cost}
+
+    return objective
+
+
+class Evaluation(Protocol):
+    def __call__(self, model: Any, x: jax.Array, key: jax.Array) -> Metrics: ...
+
+
+def elbo_evaluation(model, x, key) -> Metrics:
+    """`test_elbo`, `rate` and `distortion` of each image (`eval_terms`)."""
+    terms = eval_terms(model, x, key)
+    return {"test_elbo": terms.elbo, "rate": terms.kl, "distortion": terms.distortion}
+
+
+def reconstruction_evaluation(model, x, key) -> Metrics:
+    """An autoencoder's `distortion` −log p(x|h(x)) (nats) and `squared_error` Σ(x − E[x|h])²
+    of each image, h = model.code(x) of the clean image."""
+    h = model.code(x)
+    flat = x.reshape(*x.shape[:-3], -1)
+    mean = model.mean_image(h).reshape(flat.shape)
+    return {"distortion": -model.log_likelihood(h, x),
+            "squared_error": jnp.sum((flat - mean)**2, axis=-1)}
+
+
 def eval_terms(model, x, key) -> vaejax.ElboTerms:
     """Per-example test ELBO terms: β = 1, one draw, the registered closed-form KL.
 
@@ -168,20 +222,56 @@ def eval_terms(model, x, key) -> vaejax.ElboTerms:
     return vaejax.elbo(key, x, model.encode(x), model.log_likelihood, prior=model.prior)
 
 
-_REGISTRY: dict[str, Callable[[Any], Objective]] = {
-    "elbo": lambda c: elbo(c.num_samples, c.free_bits, c.estimator),
-    "iwae": lambda c: iwae(c.num_samples),
-    "iwae-dreg": lambda c: iwae_dreg(c.num_samples),
-    "vq": lambda c: vq(),
-}
+# The TrainConfig settings that act through the objective or its schedules.
+SETTINGS = ("num_samples", "betas", "kl_warmup_epochs", "free_bits", "kl_target",
+            "dual_learning_rate", "estimator", "temperature", "min_temperature",
+            "temperature_decay", "corruption")
+_ELBO_SETTINGS = tuple(s for s in SETTINGS if s != "corruption")
+
+
+def _corruption(config) -> tuple[str, float]:
+    from vaejax.config import ConfigError, parse_corruption
+    if config.corruption is None:
+        raise ConfigError("the denoising-ae objective needs a corruption NOISE:LEVEL, "
+                          "e.g. masking:0.25")
+    return parse_corruption(config.corruption)
+
+
+_REGISTRY: dict[str, Callable[[Any], Objective]] = {}
+_READS: dict[str, tuple[str, ...]] = {}
 CUSTOM = "custom"  # the objective of a run given an objective function in Python
 
 
-def register(name: str, factory: Callable[[Any], Objective]) -> None:
-    """Registers `factory(config: TrainConfig) -> objective` under `name` (config.objective)."""
+def register(name: str, factory: Callable[[Any], Objective], reads=SETTINGS) -> None:
+    """Registers `factory(config: TrainConfig) -> objective` under `name` (config.objective).
+
+    `reads`: the members of `SETTINGS` the objective honours; `check_settings` refuses
+    a config that gives any other one a value other than its default.
+    """
     if name == CUSTOM:
         raise ValueError(f"{CUSTOM!r} names runs trained with an objective function")
-    _REGISTRY[name] = factory
+    _REGISTRY[name], _READS[name] = factory, tuple(reads)
+
+
+register("elbo", lambda c: elbo(c.num_samples, c.free_bits, c.estimator), reads=_ELBO_SETTINGS)
+register("iwae", lambda c: iwae(c.num_samples), reads=("num_samples",))
+register("iwae-dreg", lambda c: iwae_dreg(c.num_samples), reads=("num_samples",))
+register("vq", lambda c: vq(), reads=())
+register("ae", lambda c: autoencoder(), reads=())
+register("sparse-ae", lambda c: autoencoder("sparse"), reads=("betas",))
+register("contractive-ae", lambda c: autoencoder("contractive"), reads=("betas",))
+register("denoising-ae", lambda c: autoencoder(corruption=_corruption(c)), reads=("corruption",))
+
+
+def check_settings(config) -> None:
+    """Raises ConfigError where config sets a member of SETTINGS its objective does not read."""
+    from vaejax.config import ConfigError, TrainConfig
+    reads = _READS.get(config.objective, SETTINGS)
+    for name in SETTINGS:
+        value = getattr(config, name)
+        if name not in reads and value != getattr(TrainConfig, name):
+            raise ConfigError(f"the {config.objective} objective does not read {name} "
+                              f"(got {value!r})")
 
 
 def names() -> tuple[str, ...]:

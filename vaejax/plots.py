@@ -64,7 +64,8 @@ def _model_panels(k: int, max_cols: int = 4):
 
 def write_run_figures(workdir, trainer, state, test: np.ndarray, records: list[dict],
                       num_images: int = 64) -> dict[str, list[np.ndarray]]:
-    """Writes samples.png, reconstructions.png and curves.png into workdir.
+    """Writes samples.png (for models with a prior), reconstructions.png and curves.png
+    into workdir.
 
     Returns:
       the image grids by name ("samples", "reconstructions"), one (H, W, C) array per model.
@@ -74,18 +75,23 @@ def write_run_figures(workdir, trainer, state, test: np.ndarray, records: list[d
 
     def pictures(variables):
         model = trainer.model(*variables)
-        samples = model.mean_image(model.prior.sample(jax.random.PRNGKey(0), num_images))
-        return samples, model.mean_image(model.encode(x).mode())
+        out = {"reconstructions": model.mean_image(model.encode(x).mode())}
+        if hasattr(model, "prior"):
+            out["samples"] = model.mean_image(model.prior.sample(jax.random.PRNGKey(0),
+                                                                 num_images))
+        return out
 
-    samples, recons = jax.device_get(jax.jit(trainer.per_model(pictures, (0,)))(
-        (state.params, state.rest)))
+    images = jax.device_get(jax.jit(trainer.per_model(pictures, (0,)))((state.params, state.rest)))
     labels = _model_labels(trainer)
-    grids = {"samples": [tile(images, 8) for images in samples],
-             # data | reconstruction, side by side
-             "reconstructions": [tile(np.concatenate([np.asarray(x), images], axis=2), 4)
-                                 for images in recons]}
+    # data | reconstruction, side by side
+    grids = {"reconstructions": [tile(np.concatenate([np.asarray(x), r], axis=2), 4)
+                                 for r in images["reconstructions"]]}
+    if "samples" in images:
+        grids["samples"] = [tile(samples, 8) for samples in images["samples"]]
     for name, title in (("samples", "samples z ~ p(z)"),
                         ("reconstructions", "data | reconstruction")):
+        if name not in grids:
+            continue
         fig, axes = _model_panels(len(labels))
         for ax, grid, label in zip(axes, grids[name], labels):
             _show(ax, grid, f"{title}, {label}")
@@ -94,35 +100,43 @@ def write_run_figures(workdir, trainer, state, test: np.ndarray, records: list[d
     return grids
 
 
+_TITLES = {"test_elbo": "ELBO (nats)", "rate": "rate KL (nats)",
+           "distortion": "distortion −E log p(x|z) (nats)", "squared_error": "squared error"}
+
+
 def write_curves(path: Path, records: list[dict], labels: list[str]) -> None:
-    """ELBO, rate and distortion over epochs; the rate–distortion curve for several β."""
+    """Each test metric over epochs (test —, train - - where the objective reports it);
+    the rate–distortion curve for several β."""
+    from vaejax.train import test_keys
+    keys = test_keys(records[0])
     betas = sorted({r["beta"] for r in records})
-    panels = 4 if len(betas) > 1 else 3
+    rate_distortion = len(betas) > 1 and {"rate", "distortion"} <= set(keys)
+    panels = len(keys) + rate_distortion
     fig, axes = subplots(1, panels, figsize=(4.2 * panels, 3.4))
     axes = axes[0]
+    trains = {key: "train_" + key.removeprefix("test_") for key in keys}
     for i, label in enumerate(labels):
         mine = [r for r in records if r["model"] == i]
         epochs = [r["epoch"] for r in mine]
-        line, = axes[0].plot(epochs, [r["test_elbo"] for r in mine], label=label)
-        if "train_elbo" in mine[0]:  # an objective of its own may report no ELBO
-            axes[0].plot(epochs, [r["train_elbo"] for r in mine], "--", color=line.get_color())
-        axes[1].plot(epochs, [r["rate"] for r in mine])
-        axes[2].plot(epochs, [r["distortion"] for r in mine])
-    for ax, name in zip(axes, ("ELBO (nats): test —, train - -", "test rate KL (nats)",
-                               "test distortion −E log p(x|z)")):
+        for ax, key in zip(axes, keys):
+            line, = ax.plot(epochs, [r[key] for r in mine], label=label)
+            if trains[key] in mine[0]:
+                ax.plot(epochs, [r[trains[key]] for r in mine], "--", color=line.get_color())
+    for ax, key in zip(axes, keys):
         ax.set_xlabel("epoch")
-        ax.set_title(name, fontsize=10)
+        both = ": test —, train - -" if trains[key] in records[0] else " (test)"
+        ax.set_title(_TITLES.get(key, key.replace("_", " ")) + both, fontsize=10)
     if len(labels) <= 10:
         axes[0].legend(fontsize=7)
-    if panels == 4:
+    if rate_distortion:
         last_epoch = max(r["epoch"] for r in records)
         final = sorted((r for r in records if r["epoch"] == last_epoch), key=lambda r: r["beta"])
-        axes[3].plot([r["rate"] for r in final], [r["distortion"] for r in final], "o-")
+        axes[-1].plot([r["rate"] for r in final], [r["distortion"] for r in final], "o-")
         for r in final:
-            axes[3].annotate(f"β={r['beta']:g}", (r["rate"], r["distortion"]), fontsize=7)
-        axes[3].set_xlabel("rate (nats)")
-        axes[3].set_ylabel("distortion (nats)")
-        axes[3].set_title("rate–distortion (test)", fontsize=10)
+            axes[-1].annotate(f"β={r['beta']:g}", (r["rate"], r["distortion"]), fontsize=7)
+        axes[-1].set_xlabel("rate (nats)")
+        axes[-1].set_ylabel("distortion (nats)")
+        axes[-1].set_title("rate–distortion (test)", fontsize=10)
     fig.set_layout_engine("tight")
     save(fig, path)
 

@@ -263,6 +263,27 @@ def _check_devices(config: TrainConfig) -> None:
                           f"the {config.devices} devices it is sharded over")
 
 
+_BOOKKEEPING = ("epoch", "model", "seed", "beta", "beta_in_use", "examples_per_second",
+                "epoch_seconds")
+
+
+def test_keys(record: dict) -> list[str]:
+    """The evaluation's values in a metrics record (`test_elbo`, `rate`, `distortion`, ...)."""
+    return [k for k in record if k not in _BOOKKEEPING and not k.startswith("train_")]
+
+
+def headline(record: dict) -> str:
+    """The test value a run is judged by: the ELBO where there is one."""
+    keys = test_keys(record)
+    return "test_elbo" if "test_elbo" in keys else keys[0]
+
+
+def _shown_first(key: str):
+    """Records list the ELBO's values first, in this order, then the rest by name."""
+    order = ("test_elbo", "rate", "distortion")
+    return (order.index(key) if key in order else len(order), key)
+
+
 def _epoch_records(trainer, epoch, train_metrics, test_metrics, examples_per_second, seconds):
     records = []
     for i, (seed, beta) in enumerate(trainer.replicas()):
@@ -270,8 +291,7 @@ def _epoch_records(trainer, epoch, train_metrics, test_metrics, examples_per_sec
         records.append({
             "epoch": epoch, "model": i, "seed": seed, "beta": beta,
             "beta_in_use": train.pop("beta"), **{f"train_{k}": v for k, v in train.items()},
-            "test_elbo": float(test_metrics["elbo"][i]), "rate": float(test_metrics["rate"][i]),
-            "distortion": float(test_metrics["distortion"][i]),
+            **{k: float(test_metrics[k][i]) for k in sorted(test_metrics, key=_shown_first)},
             "examples_per_second": examples_per_second, "epoch_seconds": seconds,
         })
     return records
@@ -303,15 +323,15 @@ def _summary(config, trainer, records, epochs_done):
     wall_seconds = sum(r["epoch_seconds"] for r in first_model)
     # A median: the epochs that include compilation (the first of each process) barely move it.
     speeds = [r["examples_per_second"] for r in first_model]
-    per_model = [{k: r[k] for k in ("model", "seed", "beta", "beta_in_use", "test_elbo", "rate",
-                                  "distortion", "train_elbo") if k in r} for r in last]
+    keys = tuple(test_keys(last[0])) if last else ()
+    per_model = [{k: r[k] for k in ("model", "seed", "beta", "beta_in_use", *keys, "train_elbo")
+                  if k in r} for r in last]
     summary = {
         "dataset": config.dataset, "epochs": epochs_done, "num_models": len(per_model),
         "wall_seconds": wall_seconds, "models": per_model,
         "train_examples_per_second": statistics.median(speeds[1:] or speeds) if speeds else None,
     }
-    keys = ("test_elbo", "rate", "distortion")
-    if is_grey_level(config):
+    if is_grey_level(config) and "test_elbo" in keys:
         for m in per_model:
             m["test_elbo_bits_per_dim"] = bits_per_dim_of(config, trainer.image_shape,
                                                           m["test_elbo"])
@@ -353,7 +373,8 @@ def update_summary(workdir, per_model: dict[str, list], extra: dict) -> dict:
 
 
 def train_and_evaluate(config: TrainConfig, workdir, *, model_fn=None, objective=None,
-                       optimizer=None, schedules=None, resume: bool = False, data_dir=None,
+                       optimizer=None, schedules=None, evaluation=None, resume: bool = False,
+                       data_dir=None,
                        manual_dir=None, progress: bool = True, stepwise: bool = False) -> dict:
     """Trains the config's models, writes the run folder, returns the summary.
 
@@ -372,8 +393,11 @@ def train_and_evaluate(config: TrainConfig, workdir, *, model_fn=None, objective
       optimizer: an optax.GradientTransformation in place of Adam at
         config.learning_rate and lr_schedule (recorded as optimizer "custom").
       schedules: `vaejax.schedules` in place of those the config asks for.
+      evaluation: `(model, x, key) -> {name: per-example values}`, the test metrics
+        recorded each epoch (see `vaejax.objectives.Evaluation`); default: the
+        family's, else the ELBO's `test_elbo`, `rate`, `distortion`.
       resume: continue the run in workdir (only `epochs` may differ); pass the
-        same model_fn, objective, optimizer and schedules again.
+        same model_fn, objective, optimizer, schedules and evaluation again.
       data_dir: TFDS's prepared-data cache.
       manual_dir: folder holding the TFDS download files, one sub-folder per data set.
       progress: show a progress bar.
@@ -395,7 +419,8 @@ def train_and_evaluate(config: TrainConfig, workdir, *, model_fn=None, objective
         data = prepare_data(config, data_dir, manual_dir)
         stops.check()
         trainer = Trainer(config, data.train.shape[1:], data.train.shape[0], model_fn=model_fn,
-                          objective=objective, optimizer=optimizer, schedules=schedules)
+                          objective=objective, optimizer=optimizer, schedules=schedules,
+                          evaluation=evaluation)
         state = trainer.init()
         if config.init_from is not None:
             state = state._replace(params=trainer.place(initial_params(config, trainer)))
@@ -472,7 +497,8 @@ def _train(config, workdir, data, trainer, state, resume, progress, stepwise, st
                     checkpointer.save(done, state)
                     stops.epoch = done
             if progress:
-                bar.set_postfix(elbo=f"{epoch_records[0]['test_elbo']:.2f}",
+                key = headline(epoch_records[0])
+                bar.set_postfix({key: f"{epoch_records[0][key]:.2f}"},
                                 ex_per_s=f"{examples / seconds:,.0f}")
         if stops.requested:  # the epochs since the last checkpoint are kept too
             with stops.writing_files():
@@ -568,7 +594,7 @@ class Run(NamedTuple):
     Attributes:
       config: the run's TrainConfig.
       models: one model per seed × β (`config.seeds` outer, `config.betas` inner),
-        in evaluation mode: `encode`, `decode`, `log_likelihood`, `prior.sample`, ...
+        in evaluation mode: `encode`, `log_likelihood`, `mean_image`, `prior.sample`, ...
       metrics: the metrics.jsonl records.
       summary: summary.json, or None for a run that has not finished.
       epoch: the epoch of the restored checkpoint.
@@ -595,13 +621,15 @@ def _needs_objective(*args):
                      "to train it further")
 
 
-def load_run(workdir, model_fn=None, *, objective=None, optimizer=None) -> Run:
+def load_run(workdir, model_fn=None, *, objective=None, optimizer=None,
+             evaluation=None) -> Run:
     """The trained models of a run folder at its latest checkpoint, without its data.
 
     A built-in (or registered) family is rebuilt from config.json; a run trained
-    with a `model_fn` needs it again. `objective` and `optimizer` matter only to
-    train on with `run.trainer`: a run trained with a custom optimizer that is
-    not passed again comes back with `state.opt_state` None.
+    with a `model_fn` needs it again (and its `evaluation`, if one was given).
+    `objective` and `optimizer` matter only to train on with `run.trainer`: a run
+    trained with a custom optimizer that is not passed again comes back with
+    `state.opt_state` None.
     """
     workdir = Path(workdir)
     config = read_config(workdir)
@@ -612,7 +640,8 @@ def load_run(workdir, model_fn=None, *, objective=None, optimizer=None) -> Run:
     if config.objective == objectives.CUSTOM and objective is None:
         objective = _needs_objective
     trainer = Trainer(dataclasses.replace(config, devices=1), info["image_shape"],
-                      info["num_train"], model_fn=model_fn, objective=objective, optimizer=optimizer)
+                      info["num_train"], model_fn=model_fn, objective=objective, optimizer=optimizer,
+                      evaluation=evaluation)
     checkpointer = Checkpointer(str(workdir / "checkpoints"))
     like = trainer.init()
     skip = ("opt_state",) if config.optimizer == "custom" and optimizer is None else ()

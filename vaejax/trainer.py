@@ -59,17 +59,23 @@ class Trainer:
       optimizer: an optax.GradientTransformation; default: Adam at the config's
         learning rate and schedule.
       schedules: the `vaejax.schedules` to apply; default: those the config asks for.
+      evaluation: `(model, x, key) -> {record name: per-example values}`; default: the
+        family's registered one, else `objectives.elbo_evaluation`.
     """
 
     def __init__(self, config: TrainConfig, image_shape, num_train: int, *, model_fn=None,
-                 objective=None, optimizer=None, schedules=None):
+                 objective=None, optimizer=None, schedules=None, evaluation=None):
         self.config = config
         self.image_shape = tuple(image_shape)
         self.steps_per_epoch = num_train // config.batch_size
         if model_fn is None and objective is None:
             models.check_objective(config.model.family, config.objective)
+        if objective is None:
+            objectives.check_settings(config)
         self.model_fn = model_fn or models.model_fn(config.model)
         self.objective = objective or objectives.from_config(config)
+        self.evaluation = (evaluation or (model_fn is None and models.evaluation(config.model.family))
+                           or objectives.elbo_evaluation)
         self.schedules = (schedules_lib.from_config(config, self.steps_per_epoch)
                           if schedules is None else list(schedules))
         self.tx = optax.adam(self._learning_rate()) if optimizer is None else optimizer
@@ -200,7 +206,7 @@ class Trainer:
         return state, jax.tree.map(lambda *xs: jnp.stack(xs, axis=1), *history)
 
     def _evaluate(self, state: TrainState, data, epoch):
-        """Test-set means of ELBO, rate, distortion for one model (padded batches, masked)."""
+        """Test-set means of the evaluation's values for one model (padded batches, masked)."""
         data = as_batch(data).x
         size = self.config.eval_batch_size
         n = data.shape[0]
@@ -210,11 +216,9 @@ class Trainer:
         keys = jax.random.split(jax.random.fold_in(streams(state.key)[2], epoch), batches)
         model = self.model(state.params, state.rest)
 
-        def batch_terms(args):
+        def batch_sums(args):
             x, key, m = args
-            terms = objectives.eval_terms(model, x, key)
-            return jax.tree.map(lambda t: jnp.sum(t * m), (terms.elbo, terms.kl, terms.distortion))
+            return jax.tree.map(lambda t: jnp.sum(t * m), self.evaluation(model, x, key))
 
-        sums = jax.lax.map(batch_terms, (padded.reshape(batches, size, *data.shape[1:]), keys, mask))
-        elbo, rate, distortion = (jnp.sum(s) / n for s in sums)
-        return {"elbo": elbo, "rate": rate, "distortion": distortion}
+        sums = jax.lax.map(batch_sums, (padded.reshape(batches, size, *data.shape[1:]), keys, mask))
+        return jax.tree.map(lambda s: jnp.sum(s) / n, sums)

@@ -9,6 +9,10 @@ A model is any `nnx.Module` with
 | `prior` | p(z), a `vaejax.Prior` (a property when it is learned) |
 | `mean_image(z)` | E[x\\|z] in [0, 1], for pictures |
 
+A model without `prior` (an autoencoder, whose `encode` gives a point code with
+`mean` and `mode()`) trains with its own objective and evaluation: it draws no
+samples and gets no importance-sampled log p(x).
+
 Its state may hold more than `nnx.Param` (batch statistics, an EMA codebook):
 the trainer carries the rest beside the parameters and checkpoints it. A
 family is registered by name, so a run folder's config.json rebuilds it.
@@ -41,7 +45,8 @@ class Model(Protocol):
 
 
 _FAMILIES: dict[str, Callable[[ModelConfig], ModelFn]] = {}
-_OWN_OBJECTIVE: dict[str, str] = {}  # family → the one objective it trains with
+_OWN_OBJECTIVES: dict[str, tuple[str, ...]] = {}  # family → the only objectives it trains with
+_EVALUATIONS: dict[str, Callable] = {}  # family → its evaluation, where not the ELBO's
 
 
 def register(name: str, model_fn: ModelFn) -> ModelFn:
@@ -55,26 +60,36 @@ def register(name: str, model_fn: ModelFn) -> ModelFn:
 
 
 def register_family(name: str, family: Callable[[ModelConfig], ModelFn],
-                    objective: str | None = None):
+                    objective: str | tuple[str, ...] | None = None, evaluation=None):
     """Registers a family sized by the ModelConfig: `family(config) -> model_fn`.
 
-    `objective` names the one objective the family trains with (and that trains
-    it only), where the stock ones do not apply; `check_objective` enforces it.
+    `objective` names the objectives the family trains with (and that train it
+    only), where the stock ones do not apply; `check_objective` enforces it.
+    `evaluation` (a `vaejax.objectives.Evaluation`) scores its test set in place
+    of the ELBO.
     """
     if name == CUSTOM:
         raise ValueError(f"{CUSTOM!r} names runs trained with a model_fn; choose another name")
     _FAMILIES[name] = family
     if objective is not None:
-        _OWN_OBJECTIVE[name] = objective
+        _OWN_OBJECTIVES[name] = (objective,) if isinstance(objective, str) else tuple(objective)
+    if evaluation is not None:
+        _EVALUATIONS[name] = evaluation
     return family
+
+
+def evaluation(family: str):
+    """The family's registered evaluation, or None for the ELBO's."""
+    return _EVALUATIONS.get(family)
 
 
 def check_objective(family: str, objective: str) -> None:
     """Raises ConfigError for a registered family and objective that do not train each other."""
-    own = _OWN_OBJECTIVE.get(family)
-    if own is not None and objective != own:
-        raise ConfigError(f"the {family} family trains with objective {own!r}, not {objective!r}")
-    users = [f for f, o in _OWN_OBJECTIVE.items() if o == objective]
+    own = _OWN_OBJECTIVES.get(family)
+    if own is not None and objective not in own:
+        raise ConfigError(f"the {family} family trains with objective "
+                          f"{' or '.join(map(repr, own))}, not {objective!r}")
+    users = [f for f, o in _OWN_OBJECTIVES.items() if objective in o]
     if users and family not in users:
         raise ConfigError(f"the {objective} objective is for the {', '.join(users)} family, "
                           f"not {family!r}")
@@ -108,6 +123,8 @@ def model_fn(config: ModelConfig) -> ModelFn:
     return _FAMILIES[config.family](config)
 
 
+from vaejax import objectives  # noqa: E402
+from vaejax.models.autoencoder import Autoencoder, PointCode  # noqa: E402
 from vaejax.models.conv import Conv, ConvTranspose  # noqa: E402
 from vaejax.models.flows import FlowVAE  # noqa: E402
 from vaejax.models.priors import GaussianMixturePrior  # noqa: E402
@@ -121,10 +138,11 @@ _STOCK_ONLY = ("architecture", "conv_channels", "activation", "posterior", "num_
                "likelihood", "gaussian_scale", "levels", "mixture_components")
 
 
-def _own_architecture(family: str, config: ModelConfig) -> None:
-    """Refuses settings that `family` would ignore (any differing from ModelConfig's default)."""
+def _own_architecture(family: str, config: ModelConfig, reads=()) -> None:
+    """Refuses settings that `family` would ignore (any differing from ModelConfig's default):
+    the stock VAE's, but those in `reads`."""
     default = ModelConfig()
-    ignored = [f for f in _STOCK_ONLY if getattr(config, f) != getattr(default, f)]
+    ignored = [f for f in _STOCK_ONLY if f not in reads and getattr(config, f) != getattr(default, f)]
     if ignored:
         raise ConfigError(f"the {family} family builds its own architecture: it does not use "
                           f"{', '.join(ignored)}")
@@ -149,8 +167,26 @@ def _vqvae(config: ModelConfig) -> ModelFn:
     return lambda shape, rngs: VQVAE(shape, config.hidden, config.latent_dim, rngs=rngs)
 
 
+def _stock(config: ModelConfig) -> ModelFn:
+    if not config.hidden:
+        raise ConfigError("the vae family needs at least one hidden layer")
+    return lambda shape, rngs: VAE(shape, config, rngs=rngs)
+
+
+def _autoencoder(config: ModelConfig) -> ModelFn:
+    """ModelConfig's hidden widths (() for linear), latent_dim (= code size), activation and
+    a Bernoulli or fixed-scale Gaussian likelihood."""
+    _own_architecture("autoencoder", config, ("activation", "likelihood", "gaussian_scale"))
+    if config.likelihood not in ("bernoulli", "gaussian") or config.gaussian_scale is None:
+        raise ConfigError("the autoencoder family reconstructs with a bernoulli likelihood or a "
+                          "gaussian one of fixed scale")
+    return lambda shape, rngs: Autoencoder(shape, config.hidden, config.latent_dim,
+                                           config.activation, config.likelihood,
+                                           config.gaussian_scale, rngs=rngs)
+
+
 # name → model built from the ModelConfig; the fixed sizes follow each family's paper.
-register_family("vae", lambda c: lambda shape, rngs: VAE(shape, c, rngs=rngs))
+register_family("vae", _stock)
 register_family("vae-planar", lambda c: lambda shape, rngs: FlowVAE(shape, c, "planar", 10,
                                                                     rngs=rngs))
 register_family("vae-iaf", lambda c: lambda shape, rngs: FlowVAE(shape, c, "iaf", 2, rngs=rngs))
@@ -158,7 +194,10 @@ register_family("vampprior", _vampprior)
 register_family("two-layer", _two_layer("two-layer", 0))
 register_family("two-layer-vampprior", _two_layer("two-layer-vampprior", 500))
 register_family("vqvae", _vqvae, objective="vq")
+register_family("autoencoder", _autoencoder,
+                objective=("ae", "sparse-ae", "contractive-ae", "denoising-ae"),
+                evaluation=objectives.reconstruction_evaluation)
 
-__all__ = ["CUSTOM", "Conv", "ConvTranspose", "FlowVAE", "GaussianMixturePrior", "MLP", "Model", "ModelFn", "TwoLayerVAE",
-           "VAE", "VQVAE", "VampVAE", "check_objective", "families", "model_fn", "register",
-           "register_family"]
+__all__ = ["Autoencoder", "CUSTOM", "Conv", "ConvTranspose", "FlowVAE", "GaussianMixturePrior", "MLP", "Model", "ModelFn", "PointCode",
+           "TwoLayerVAE", "VAE", "VQVAE", "VampVAE", "check_objective", "evaluation", "families",
+           "model_fn", "register", "register_family"]
