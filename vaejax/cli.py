@@ -257,7 +257,7 @@ def _evaluate_run(args, run, chunk_size):
     data = prepare_data(run.config, args.data_dir, args.manual_dir)
     # The test metrics of the restored parameters, drawn with the key of the checkpoint's epoch,
     # repeat the values training recorded: a mismatch means the files do not belong together.
-    test = jax.device_get(trainer.evaluate(state, trainer.place(data.test), run.epoch - 1))
+    test = jax.device_get(trainer.evaluate(state, trainer.place(data.test_batch()), run.epoch - 1))
     records = {r["model"]: r for r in run.metrics if r["epoch"] == run.epoch}
     if sorted(records) != list(range(run.config.num_models)):
         raise RunError(f"{args.workdir}/metrics.jsonl lacks the records of epoch {run.epoch}, "

@@ -10,7 +10,7 @@ Objectives are registered by name with a factory `factory(config) -> objective`,
 so a run folder's config.json rebuilds them, and with the TrainConfig settings they
 read (`SETTINGS`): a run that sets another one is refused, not silently ignored.
 
-An evaluation `(model, x, key) -> {record name: per-example values}` scores the
+An evaluation `(model, batch, key) -> {record name: per-example values}` scores the
 test set each epoch; the trainer records the test-set mean of each value under
 its name. `elbo_evaluation` serves latent-variable models, `reconstruction_evaluation`
 autoencoders.
@@ -194,18 +194,19 @@ def autoencoder(penalty: str | None = None, corruption: tuple[str, float] | None
 
 
 class Evaluation(Protocol):
-    def __call__(self, model: Any, x: jax.Array, key: jax.Array) -> Metrics: ...
+    def __call__(self, model: Any, batch: Batch, key: jax.Array) -> Metrics: ...
 
 
-def elbo_evaluation(model, x, key) -> Metrics:
+def elbo_evaluation(model, batch, key) -> Metrics:
     """`test_elbo`, `rate` and `distortion` of each image (`eval_terms`)."""
-    terms = eval_terms(model, x, key)
+    terms = eval_terms(model, as_batch(batch).x, key)
     return {"test_elbo": terms.elbo, "rate": terms.kl, "distortion": terms.distortion}
 
 
-def reconstruction_evaluation(model, x, key) -> Metrics:
+def reconstruction_evaluation(model, batch, key) -> Metrics:
     """An autoencoder's `distortion` −log p(x|h(x)) (nats) and `squared_error` Σ(x − E[x|h])²
     of each image, h = model.code(x) of the clean image."""
+    x = as_batch(batch).x
     h = model.code(x)
     flat = x.reshape(*x.shape[:-3], -1)
     mean = model.mean_image(h).reshape(flat.shape)

@@ -239,6 +239,9 @@ class RunData(NamedTuple):
     def train_batch(self) -> Batch:
         return Batch(self.train, self.train_labels)
 
+    def test_batch(self) -> Batch:
+        return Batch(self.test, self.test_labels)
+
 
 def prepare_data(config: TrainConfig, data_dir=None, manual_dir=None) -> RunData:
     """Loads the data set, binarized as the config says, and checks it against the config."""
@@ -393,7 +396,7 @@ def train_and_evaluate(config: TrainConfig, workdir, *, model_fn=None, objective
       optimizer: an optax.GradientTransformation in place of Adam at
         config.learning_rate and lr_schedule (recorded as optimizer "custom").
       schedules: `vaejax.schedules` in place of those the config asks for.
-      evaluation: `(model, x, key) -> {name: per-example values}`, the test metrics
+      evaluation: `(model, batch, key) -> {name: per-example values}`, the test metrics
         recorded each epoch (see `vaejax.objectives.Evaluation`); default: the
         family's, else the ELBO's `test_elbo`, `rate`, `distortion`.
       resume: continue the run in workdir (only `epochs` may differ); pass the
@@ -466,7 +469,7 @@ def _train(config, workdir, data, trainer, state, resume, progress, stepwise, st
     (workdir / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
 
     train_batch = data.train_batch()
-    train_device, test_device = trainer.place(train_batch), trainer.place(test)
+    train_device, test_device = trainer.place(train_batch), trainer.place(data.test_batch())
     bar = _progress(range(start, config.epochs), progress)
     examples = config.num_models * trainer.steps_per_epoch * config.batch_size
     done = start  # the last epoch committed to metrics.jsonl

@@ -59,7 +59,7 @@ class Trainer:
       optimizer: an optax.GradientTransformation; default: Adam at the config's
         learning rate and schedule.
       schedules: the `vaejax.schedules` to apply; default: those the config asks for.
-      evaluation: `(model, x, key) -> {record name: per-example values}`; default: the
+      evaluation: `(model, batch, key) -> {record name: per-example values}`; default: the
         family's registered one, else `objectives.elbo_evaluation`.
     """
 
@@ -207,18 +207,22 @@ class Trainer:
 
     def _evaluate(self, state: TrainState, data, epoch):
         """Test-set means of the evaluation's values for one model (padded batches, masked)."""
-        data = as_batch(data).x
+        data = as_batch(data)
         size = self.config.eval_batch_size
-        n = data.shape[0]
+        n = data.x.shape[0]
         batches = -(-n // size)
-        padded = jnp.concatenate([data, jnp.zeros((batches * size - n, *data.shape[1:]), data.dtype)])
+
+        def padded(t):
+            t = jnp.concatenate([t, jnp.zeros((batches * size - n, *t.shape[1:]), t.dtype)])
+            return t.reshape(batches, size, *t.shape[1:])
+
         mask = (jnp.arange(batches * size) < n).reshape(batches, size)
         keys = jax.random.split(jax.random.fold_in(streams(state.key)[2], epoch), batches)
         model = self.model(state.params, state.rest)
 
         def batch_sums(args):
-            x, key, m = args
-            return jax.tree.map(lambda t: jnp.sum(t * m), self.evaluation(model, x, key))
+            batch, key, m = args
+            return jax.tree.map(lambda t: jnp.sum(t * m), self.evaluation(model, batch, key))
 
-        sums = jax.lax.map(batch_sums, (padded.reshape(batches, size, *data.shape[1:]), keys, mask))
+        sums = jax.lax.map(batch_sums, (jax.tree.map(padded, data), keys, mask))
         return jax.tree.map(lambda s: jnp.sum(s) / n, sums)

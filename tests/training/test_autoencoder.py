@@ -74,7 +74,7 @@ def test_denoising_reconstructs_the_clean_image_from_the_corrupted_one(model, no
 
 
 def test_reconstruction_evaluation_by_hand(model):
-    out = objectives.reconstruction_evaluation(model, X, jax.random.key(0))
+    out = objectives.reconstruction_evaluation(model, Batch(X), jax.random.key(0))
     mean = jax.nn.sigmoid(model.decode(model.code(X)))
     np.testing.assert_allclose(out["squared_error"],
                                jnp.sum((X.reshape(6, -1) - mean)**2, axis=-1), rtol=1e-5)

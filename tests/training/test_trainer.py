@@ -57,7 +57,7 @@ def test_training_beats_first_epoch_and_pixel_baseline(small_config):
     elbos = []
     for epoch in range(80):
         state, _ = trainer.train_epoch(state, device_train, epoch)
-        elbos.append(float(trainer.evaluate(state, device_test, epoch)["elbo"][0]))
+        elbos.append(float(trainer.evaluate(state, device_test, epoch)["test_elbo"][0]))
     # The best model with independent pixels: p = training-set mean per pixel.
     p = np.clip(data.train.mean(axis=0), 1e-3, 1 - 1e-3)
     baseline = np.mean(np.sum(data.test * np.log(p) + (1 - data.test) * np.log1p(-p), axis=(1, 2, 3)))
@@ -88,11 +88,11 @@ def test_every_objective_learns(small_config, overrides):
     data = prepare_data(validate(config))
     trainer = Trainer(config, data.train.shape[1:], data.train.shape[0])
     state, device_train, device_test = trainer.init(), trainer.place(data.train), trainer.place(data.test)
-    before = float(trainer.evaluate(state, device_test, 0)["elbo"][0])
+    before = float(trainer.evaluate(state, device_test, 0)["test_elbo"][0])
     for epoch in range(8):
         state, metrics = trainer.train_epoch(state, device_train, epoch)
         assert np.all(np.isfinite(np.asarray(metrics["loss"])))
-    after = float(trainer.evaluate(state, device_test, 8)["elbo"][0])
+    after = float(trainer.evaluate(state, device_test, 8)["test_elbo"][0])
     assert after > before + 3.0, (before, after)
 
 
