@@ -251,6 +251,7 @@ def _evaluate_run(args, run, chunk_size):
 
     import vaejax
     from vaejax import evaluation
+    from vaejax.objectives import conditioned
     from vaejax.train import (BITS_PER_DIM_CONVENTION, RunError, bits_per_dim_of, headline,
                               is_grey_level, prepare_data, update_summary)
     trainer, state = run.trainer, run.state
@@ -275,15 +276,16 @@ def _evaluate_run(args, run, chunk_size):
         log_px = evaluation.importance_log_likelihood(
             trainer, state, data.test, num_samples=args.num_samples,
             chunk_size=chunk_size, batch_size=args.batch_size,
-            progress=not args.no_progress)
+            progress=not args.no_progress, labels=data.test_labels)
         extra.update(log_likelihood_num_samples=args.num_samples,
                      log_likelihood_seconds=time.perf_counter() - tic)
         per_model["test_log_likelihood"] = [float(v) for v in log_px.mean(axis=1)]
     per_model.update({k: [float(v) for v in test[k]] for k in records[0] if k in test})
-    test_codes = evaluation.latent_codes(trainer, state, data.test)
+    test_codes = evaluation.latent_codes(trainer, state, data.test, labels=data.test_labels)
     if hasattr(first, "prior"):
         per_model["active_units"] = [int(v) for v in evaluation.active_units(test_codes)]
-    if isinstance(first.encode(data.test[:1]), vaejax.Categorical):
+    labels = None if data.test_labels is None else data.test_labels[:1]
+    if isinstance(conditioned(first, labels).encode(data.test[:1]), vaejax.Categorical):
         perplexity, unused = evaluation.code_usage(test_codes)
         per_model["code_perplexity"] = [float(v) for v in perplexity]
         per_model["unused_codes"] = [int(v) for v in unused]
@@ -293,7 +295,8 @@ def _evaluate_run(args, run, chunk_size):
                                               for v in per_model[k]]
         extra["bits_per_dim_convention"] = BITS_PER_DIM_CONVENTION
     if data.train_labels is not None and data.test_labels is not None:
-        train_codes = evaluation.latent_codes(trainer, state, data.train)
+        train_codes = evaluation.latent_codes(trainer, state, data.train,
+                                              labels=data.train_labels)
         per_model["linear_probe_accuracy"] = [
             evaluation.linear_probe_accuracy(tr, data.train_labels, te, data.test_labels)
             for tr, te in zip(train_codes, test_codes)]
@@ -314,6 +317,9 @@ def _sample(args):
     if not hasattr(run.model, "prior"):
         raise ConfigError(f"the {run.config.model.family} family has no prior p(z) to sample "
                           "from; its run folder holds its reconstructions")
+    if hasattr(run.model, "given"):
+        raise ConfigError(f"the {run.config.model.family} family is conditional: its run "
+                          "folder's samples.png holds its samples, one row per class")
     if not 0 <= args.model < run.config.num_models:
         raise ConfigError(f"--model must be in 0..{run.config.num_models - 1}")
     data = prepare_data(run.config, args.data_dir, args.manual_dir)

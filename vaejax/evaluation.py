@@ -1,6 +1,7 @@
 """Test-set evaluation of trained models: importance-sampled log p(x), active units,
 and a linear probe on the latent means. Any model of the `vaejax.models.Model`
-contract is evaluated the same way: q from `encode`, p(z) from `prior`."""
+contract is evaluated the same way: q from `encode`, p(z) from `prior`; a conditional
+model given the images' labels (`objectives.conditioned`)."""
 
 import functools
 
@@ -9,6 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 
 import vaejax
+from vaejax.objectives import conditioned
 
 
 def _variables(state):
@@ -18,19 +20,27 @@ def _variables(state):
 @functools.lru_cache(maxsize=8)
 def _compiled_estimator(trainer, num_samples: int, chunk_size: int):
     """One jitted estimator per (trainer, K, chunk), so repeated evaluations compile once."""
-    def estimate(variables, x, key):
-        model = trainer.model(*variables)
+    def estimate(variables, x, y, key):
+        model = conditioned(trainer.model(*variables), y)
         return vaejax.importance_log_likelihood(
             key, x, model.encode(x), model.log_likelihood, num_samples, chunk_size,
             model.prior.log_prob)
 
-    return jax.jit(trainer.per_model(estimate, (0, None, None)))
+    return jax.jit(trainer.per_model(estimate, (0, None, None, None)))
+
+
+def _padded(t, size: int):
+    """t with zero rows appended to `size` rows: one batch shape, one compilation."""
+    return t if t is None or len(t) == size else np.concatenate(
+        [t, np.zeros((size - len(t), *t.shape[1:]), t.dtype)])
 
 
 def importance_log_likelihood(trainer, state, images: np.ndarray, *, num_samples: int = 5000,
                               chunk_size: int = 100, batch_size: int = 100, seed: int = 0,
-                              progress: bool = True) -> np.ndarray:
-    """log p(x) of each test image under each model, K importance samples from q(z|x).
+                              progress: bool = True, labels: np.ndarray | None = None
+                              ) -> np.ndarray:
+    """log p(x) of each test image under each model, K importance samples from q(z|x)
+    (log p(x|y) of a conditional model, given `labels`).
 
     The test set is processed `batch_size` images at a time by one compiled
     function (mapped over models, K drawn `chunk_size` at a time on the device).
@@ -47,26 +57,30 @@ def importance_log_likelihood(trainer, state, images: np.ndarray, *, num_samples
     out = []
     for i, start in enumerate(starts):
         x = images[start:start + batch_size]
-        pad = batch_size - x.shape[0]  # one batch shape, one compilation
-        x = np.concatenate([x, np.zeros((pad, *x.shape[1:]), x.dtype)]) if pad else x
-        values = estimate(_variables(state), jnp.asarray(x), jax.random.fold_in(key, i))
-        out.append(np.asarray(values)[:, :batch_size - pad])
+        y = None if labels is None else labels[start:start + batch_size]
+        values = estimate(_variables(state), _padded(x, batch_size), _padded(y, batch_size),
+                          jax.random.fold_in(key, i))
+        out.append(np.asarray(values)[:, :len(x)])
     return np.concatenate(out, axis=1)
 
 
 @functools.lru_cache(maxsize=8)
 def _compiled_codes(trainer):
-    def codes(variables, x):
-        return trainer.model(*variables).encode(x).mean
+    def codes(variables, x, y):
+        return conditioned(trainer.model(*variables), y).encode(x).mean
 
-    return jax.jit(trainer.per_model(codes, (0, None)))
+    return jax.jit(trainer.per_model(codes, (0, None, None)))
 
 
-def latent_codes(trainer, state, images: np.ndarray, batch_size: int = 1000) -> np.ndarray:
-    """E_q[z|x] of each image, shape (models, N, *event): means, or category probabilities."""
+def latent_codes(trainer, state, images: np.ndarray, batch_size: int = 1000,
+                 labels: np.ndarray | None = None) -> np.ndarray:
+    """E_q[z|x] of each image, shape (models, N, *event): means, or category probabilities
+    (E_q[z|x, y] of a conditional model, given `labels`)."""
     codes = _compiled_codes(trainer)
-    return np.concatenate([np.asarray(codes(_variables(state), jnp.asarray(images[i:i + batch_size])))
-                           for i in range(0, images.shape[0], batch_size)], axis=1)
+    return np.concatenate([np.asarray(codes(
+        _variables(state), jnp.asarray(images[i:i + batch_size]),
+        None if labels is None else jnp.asarray(labels[i:i + batch_size])))
+        for i in range(0, images.shape[0], batch_size)], axis=1)
 
 
 def active_units(codes: np.ndarray, threshold: float = 0.01) -> np.ndarray:

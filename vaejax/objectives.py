@@ -40,6 +40,15 @@ def as_batch(data) -> Batch:
     return data if isinstance(data, Batch) else Batch(data)
 
 
+def conditioned(model, y):
+    """The model given labels y where it is conditional (has `given(y)`), else the model."""
+    if not hasattr(model, "given"):
+        return model
+    if y is None:
+        raise ValueError("a conditional model (one with given(y)) needs labels in the batch")
+    return model.given(y)
+
+
 class Objective(Protocol):
     def __call__(self, model: Any, batch: Batch, key: jax.Array,
                  hyper: dict[str, jax.Array]) -> tuple[jax.Array, Metrics]: ...
@@ -61,6 +70,7 @@ def elbo(num_samples: int = 1, free_bits: float = 0.0,
     (E log p(x | relaxed z) − KL, which is no bound on log p(x)) and `temperature`.
     """
     def objective(model, batch, key, hyper):
+        model = conditioned(model, batch.y)
         q = model.encode(batch.x)
         if isinstance(q, vaejax.Categorical):
             return _categorical(model, q, batch.x, key, hyper)
@@ -110,6 +120,7 @@ def iwae(num_samples: int) -> Objective:
     (rate in closed form where one is registered).
     """
     def objective(model, batch, key, hyper):
+        model = conditioned(model, batch.y)
         x, q, prior = batch.x, model.encode(batch.x), model.prior
         z, log_q = q.sample_and_log_prob(key, num_samples)
         log_lik = model.log_likelihood(z, x)
@@ -133,7 +144,9 @@ def iwae_dreg(num_samples: int) -> Objective:
         from flax import nnx
         graphdef, state = nnx.split(model)
         # q with every parameter stopped, those of networks it calls inside included.
-        stopped = nnx.merge(graphdef, jax.tree.map(jax.lax.stop_gradient, state))
+        stopped = conditioned(nnx.merge(graphdef, jax.tree.map(jax.lax.stop_gradient, state)),
+                              batch.y)
+        model = conditioned(model, batch.y)
         terms = vaejax.iwae_dreg(key, batch.x, model.encode(batch.x), model.log_likelihood,
                                  num_samples, prior=model.prior, stopped=stopped.encode(batch.x))
         return -jnp.mean(terms.surrogate), {"iwae_bound": jnp.mean(terms.bound),
@@ -198,8 +211,10 @@ class Evaluation(Protocol):
 
 
 def elbo_evaluation(model, batch, key) -> Metrics:
-    """`test_elbo`, `rate` and `distortion` of each image (`eval_terms`)."""
-    terms = eval_terms(model, as_batch(batch).x, key)
+    """`test_elbo`, `rate` and `distortion` of each image (`eval_terms`); of log p(x|y) for
+    a conditional model."""
+    batch = as_batch(batch)
+    terms = eval_terms(conditioned(model, batch.y), batch.x, key)
     return {"test_elbo": terms.elbo, "rate": terms.kl, "distortion": terms.distortion}
 
 

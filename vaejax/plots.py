@@ -14,7 +14,7 @@ import numpy as np
 from matplotlib.figure import Figure
 
 import vaejax
-from vaejax import evaluation
+from vaejax import evaluation, objectives
 
 
 def tile(images: np.ndarray, cols: int) -> np.ndarray:
@@ -62,23 +62,32 @@ def _model_panels(k: int, max_cols: int = 4):
     return fig, axes.ravel()
 
 
+def _samples(model, key, num_images: int):
+    """E[x|z], z ~ p(z); of a conditional model, 8 per class, one row per class."""
+    if hasattr(model, "given"):
+        model = model.given(jnp.repeat(jnp.arange(model.num_classes), 8))
+        num_images = model.y.shape[0]
+    return model.mean_image(model.prior.sample(key, num_images))
+
+
 def write_run_figures(workdir, trainer, state, test: np.ndarray, records: list[dict],
-                      num_images: int = 64) -> dict[str, list[np.ndarray]]:
-    """Writes samples.png (for models with a prior), reconstructions.png and curves.png
-    into workdir.
+                      num_images: int = 64, test_labels=None) -> dict[str, list[np.ndarray]]:
+    """Writes samples.png (for models with a prior; one row per class for a conditional
+    model), reconstructions.png and curves.png into workdir.
 
     Returns:
       the image grids by name ("samples", "reconstructions"), one (H, W, C) array per model.
     """
     workdir = Path(workdir)
     x = jnp.asarray(test[:num_images // 2])
+    y = None if test_labels is None else jnp.asarray(test_labels[:num_images // 2])
 
     def pictures(variables):
         model = trainer.model(*variables)
-        out = {"reconstructions": model.mean_image(model.encode(x).mode())}
+        given = objectives.conditioned(model, y)
+        out = {"reconstructions": given.mean_image(given.encode(x).mode())}
         if hasattr(model, "prior"):
-            out["samples"] = model.mean_image(model.prior.sample(jax.random.PRNGKey(0),
-                                                                 num_images))
+            out["samples"] = _samples(model, jax.random.PRNGKey(0), num_images)
         return out
 
     images = jax.device_get(jax.jit(trainer.per_model(pictures, (0,)))((state.params, state.rest)))
@@ -88,7 +97,9 @@ def write_run_figures(workdir, trainer, state, test: np.ndarray, records: list[d
                                  for r in images["reconstructions"]]}
     if "samples" in images:
         grids["samples"] = [tile(samples, 8) for samples in images["samples"]]
-    for name, title in (("samples", "samples z ~ p(z)"),
+    first = trainer.model(*jax.tree.map(lambda t: t[0], (state.params, state.rest)))
+    by_class = ", row k: y = k" if hasattr(first, "given") else ""
+    for name, title in (("samples", "samples z ~ p(z)" + by_class),
                         ("reconstructions", "data | reconstruction")):
         if name not in grids:
             continue

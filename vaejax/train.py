@@ -514,7 +514,8 @@ def _train(config, workdir, data, trainer, state, resume, progress, stepwise, st
     summary = _summary(config, trainer, records, config.epochs)
     write_json(workdir / "summary.json", summary)
     from vaejax import plots  # matplotlib only when figures are drawn
-    grids = plots.write_run_figures(workdir, trainer, state, test, records)
+    grids = plots.write_run_figures(workdir, trainer, state, test, records,
+                                    test_labels=data.test_labels)
     with TensorBoard(workdir, config.num_models) as board:
         board.images(grids, config.epochs)
     stops.check()  # a signal during the figures: the run is whole, but the caller asked to stop

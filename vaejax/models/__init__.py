@@ -126,6 +126,7 @@ def model_fn(config: ModelConfig) -> ModelFn:
 from vaejax import objectives  # noqa: E402
 from vaejax.models.autoencoder import Autoencoder, PointCode  # noqa: E402
 from vaejax.models.conv import Conv, ConvTranspose  # noqa: E402
+from vaejax.models.cvae import ConditionalVAE  # noqa: E402
 from vaejax.models.flows import FlowVAE  # noqa: E402
 from vaejax.models.priors import GaussianMixturePrior  # noqa: E402
 from vaejax.models.two_layer import TwoLayerVAE  # noqa: E402
@@ -185,6 +186,13 @@ def _autoencoder(config: ModelConfig) -> ModelFn:
                                            config.gaussian_scale, rngs=rngs)
 
 
+def _cvae(config: ModelConfig) -> ModelFn:
+    """ModelConfig's hidden widths, latent_dim and activation; Bernoulli pixels, 10 classes."""
+    _own_architecture("cvae", config, ("activation",))
+    return lambda shape, rngs: ConditionalVAE(shape, config.hidden, config.latent_dim, 10,
+                                              config.activation, rngs=rngs)
+
+
 # name → model built from the ModelConfig; the fixed sizes follow each family's paper.
 register_family("vae", _stock)
 register_family("vae-planar", lambda c: lambda shape, rngs: FlowVAE(shape, c, "planar", 10,
@@ -194,10 +202,11 @@ register_family("vampprior", _vampprior)
 register_family("two-layer", _two_layer("two-layer", 0))
 register_family("two-layer-vampprior", _two_layer("two-layer-vampprior", 500))
 register_family("vqvae", _vqvae, objective="vq")
+register_family("cvae", _cvae)
 register_family("autoencoder", _autoencoder,
                 objective=("ae", "sparse-ae", "contractive-ae", "denoising-ae"),
                 evaluation=objectives.reconstruction_evaluation)
 
-__all__ = ["Autoencoder", "CUSTOM", "Conv", "ConvTranspose", "FlowVAE", "GaussianMixturePrior", "MLP", "Model", "ModelFn", "PointCode",
+__all__ = ["Autoencoder", "CUSTOM", "ConditionalVAE", "Conv", "ConvTranspose", "FlowVAE", "GaussianMixturePrior", "MLP", "Model", "ModelFn", "PointCode",
            "TwoLayerVAE", "VAE", "VQVAE", "VampVAE", "check_objective", "evaluation", "families",
            "model_fn", "register", "register_family"]
