@@ -57,6 +57,11 @@ ROWS = {
                                "--latent-dim", "8"], None,
                     "no published MNIST row (van den Oord et al. 2017 report CIFAR-10 and "
                     "ImageNet): distortion, code perplexity and unused codes of K = 64"),
+    # The conditional VAE bounds log p(x|y); its unconditional twin is the same architecture.
+    "cvae-mnist": (DYNAMIC + ["--preset", "pytorch", "--model", "cvae"], None,
+                   "no published row: −log p(x|y), beside pytorch-vae-dynamic's −log p(x)"),
+    "pytorch-vae-dynamic": (DYNAMIC + ["--preset", "pytorch"], None,
+                            "no published row: the unconditional twin of cvae-mnist"),
 }
 # Jang et al. report the negative ELBO, not an importance-sampled NLL.
 ELBO_ROWS = {

@@ -44,7 +44,8 @@ _MODEL_FLAGS = ("family", "architecture", "hidden", "conv_channels", "activation
 _TRAIN_FLAGS = ("dataset", "binarization", "objective", "num_samples", "betas", "seeds",
                 "kl_warmup_epochs", "free_bits", "kl_target", "dual_learning_rate", "estimator",
                 "temperature", "min_temperature", "temperature_decay", "epochs", "batch_size",
-                "learning_rate", "lr_schedule", "devices", "checkpoint_every", "init_from", "corruption")
+                "learning_rate", "lr_schedule", "devices", "checkpoint_every", "init_from", "corruption",
+                "labels", "label_seed", "classifier_weight")
 
 
 def _add_data_flags(p):
@@ -125,6 +126,11 @@ def _parser():
     t.add_argument("--temperature", type=float)
     t.add_argument("--min-temperature", type=float)
     t.add_argument("--temperature-decay", type=float)
+    t.add_argument("--labels", type=int, help="training labels kept (m2), an equal number per "
+                   "class; the rest unlabelled")
+    t.add_argument("--label-seed", type=int, help="which training labels --labels keeps")
+    t.add_argument("--classifier-weight", type=float, help="α per labelled example (m2); "
+                   "default 0.1·N/N_labelled, Kingma et al.'s α = 0.1·N")
     t.add_argument("--corruption", help="NOISE:LEVEL of the denoising-ae inputs, NOISE one of "
                    f"{', '.join(CORRUPTIONS)}, e.g. masking:0.25")
     t.add_argument("--epochs", type=int)
@@ -297,8 +303,10 @@ def _evaluate_run(args, run, chunk_size):
     if data.train_labels is not None and data.test_labels is not None:
         train_codes = evaluation.latent_codes(trainer, state, data.train,
                                               labels=data.train_labels)
+        known = data.train_labels >= 0  # the labels a run keeps (--labels)
         per_model["linear_probe_accuracy"] = [
-            evaluation.linear_probe_accuracy(tr, data.train_labels, te, data.test_labels)
+            evaluation.linear_probe_accuracy(tr[known], data.train_labels[known], te,
+                                             data.test_labels)
             for tr, te in zip(train_codes, test_codes)]
     # Printed before summary.json is written, so a failed write loses nothing.
     for i in range(run.config.num_models):
@@ -314,12 +322,12 @@ def _sample(args):
     from vaejax import plots
     from vaejax.train import load_run, prepare_data
     run = load_run(args.workdir)
-    if not hasattr(run.model, "prior"):
-        raise ConfigError(f"the {run.config.model.family} family has no prior p(z) to sample "
-                          "from; its run folder holds its reconstructions")
     if hasattr(run.model, "given"):
         raise ConfigError(f"the {run.config.model.family} family is conditional: its run "
                           "folder's samples.png holds its samples, one row per class")
+    if not hasattr(run.model, "prior"):
+        raise ConfigError(f"the {run.config.model.family} family has no prior p(z) to sample "
+                          "from; its run folder holds its reconstructions")
     if not 0 <= args.model < run.config.num_models:
         raise ConfigError(f"--model must be in 0..{run.config.num_models - 1}")
     data = prepare_data(run.config, args.data_dir, args.manual_dir)

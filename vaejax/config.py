@@ -112,6 +112,9 @@ class TrainConfig:
     checkpoint_every: int = 10
     init_from: str | None = None  # a run folder whose latest parameters start every model
     corruption: str | None = None  # "NOISE:LEVEL" of a denoising autoencoder's inputs
+    labels: int | None = None  # training labels kept, an equal number per class; None: all
+    label_seed: int = 0  # which labels are kept
+    classifier_weight: float | None = None  # α per labelled example (m2); None: 0.1·N/N_labelled
 
     @property
     def num_models(self) -> int:
@@ -267,6 +270,11 @@ def validate(config: TrainConfig) -> TrainConfig:
     _require(config.eval_batch_size >= 1, "eval_batch_size must be >= 1")
     if config.corruption is not None:
         parse_corruption(config.corruption)
+    _require(config.labels is None or (config.labels >= 10 and config.labels % 10 == 0),
+             f"labels must be a positive multiple of the 10 classes; got {config.labels}")
+    _require(config.label_seed >= 0, "label_seed must be >= 0")
+    _require(config.classifier_weight is None or config.classifier_weight > 0,
+             "classifier_weight must be > 0")
     # (Settings an objective does not read are refused by `objectives.check_settings`.)
     _require(config.objective not in ("iwae", "iwae-dreg") or m.posterior != "categorical",
              "the IWAE objective needs a Gaussian posterior")

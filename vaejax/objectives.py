@@ -179,6 +179,37 @@ def vq(commitment: float = 0.25, decay: float = 0.99) -> Objective:
     return objective
 
 
+def m2(classifier_weight: float) -> Objective:
+    """Kingma et al.'s semi-supervised loss −J^α per example, for models with `classify(x)`
+    → q(y|x) and `bound_per_class(key, x)` → L(x, y) for every y (`vaejax.models.M2`).
+
+    Labelled examples (y ≥ 0): −L(x, y) − α·log q(y|x). Unlabelled (y = −1): −U(x),
+    U(x) = Σ_y q(y|x) L(x, y) + H[q(y|x)]. α = classifier_weight, per labelled example:
+    the paper's α = 0.1·N is 0.1·N/N_labelled here, the loss being a mean over examples.
+
+    Metrics: `elbo` (mean U(x), the bound on log p(x)), `classifier_cross_entropy` (mean
+    −log q(y|x) over the batch's labelled examples) and `labelled_fraction`.
+    """
+    def objective(model, batch, key, hyper):
+        if batch.y is None:
+            raise ValueError("the m2 objective needs labels in the batch (-1 where missing)")
+        bound = model.bound_per_class(key, batch.x).T  # (B, K)
+        log_q = jax.nn.log_softmax(model.classify(batch.x).logits[..., 0, :], axis=-1)
+        marginal = jnp.sum(jnp.exp(log_q) * (bound - log_q), axis=-1)
+        labelled = batch.y >= 0
+        y = jnp.maximum(batch.y, 0)[:, None]
+        log_q_y = jnp.take_along_axis(log_q, y, axis=-1)[:, 0]
+        per_example = jnp.where(labelled, jnp.take_along_axis(bound, y, axis=-1)[:, 0]
+                                + classifier_weight * log_q_y, marginal)
+        count = jnp.sum(labelled)
+        return -jnp.mean(per_example), {
+            "elbo": jnp.mean(marginal),
+            "classifier_cross_entropy": -jnp.sum(labelled * log_q_y) / jnp.maximum(count, 1),
+            "labelled_fraction": count / labelled.size}
+
+    return objective
+
+
 def autoencoder(penalty: str | None = None, corruption: tuple[str, float] | None = None
                 ) -> Objective:
     """An autoencoder's loss −log p(x|h) + β·penalty(h), h = model.code(x̃), for models
@@ -229,6 +260,16 @@ def reconstruction_evaluation(model, batch, key) -> Metrics:
             "squared_error": jnp.sum((flat - mean)**2, axis=-1)}
 
 
+def m2_evaluation(model, batch, key) -> Metrics:
+    """M2's `test_elbo` U(x), the bound on log p(x) summed over y, and `test_error`,
+    whether the classifier's most probable class misses the label."""
+    batch = as_batch(batch)
+    bound = model.bound_per_class(key, batch.x).T
+    log_q = jax.nn.log_softmax(model.classify(batch.x).logits[..., 0, :], axis=-1)
+    return {"test_elbo": jnp.sum(jnp.exp(log_q) * (bound - log_q), axis=-1),
+            "test_error": (jnp.argmax(log_q, axis=-1) != batch.y).astype(jnp.float32)}
+
+
 def eval_terms(model, x, key) -> vaejax.ElboTerms:
     """Per-example test ELBO terms: β = 1, one draw, the registered closed-form KL.
 
@@ -241,8 +282,8 @@ def eval_terms(model, x, key) -> vaejax.ElboTerms:
 # The TrainConfig settings that act through the objective or its schedules.
 SETTINGS = ("num_samples", "betas", "kl_warmup_epochs", "free_bits", "kl_target",
             "dual_learning_rate", "estimator", "temperature", "min_temperature",
-            "temperature_decay", "corruption")
-_ELBO_SETTINGS = tuple(s for s in SETTINGS if s != "corruption")
+            "temperature_decay", "corruption", "labels", "label_seed", "classifier_weight")
+_ELBO_SETTINGS = SETTINGS[:SETTINGS.index("corruption")]
 
 
 def _corruption(config) -> tuple[str, float]:
@@ -277,6 +318,8 @@ register("ae", lambda c: autoencoder(), reads=())
 register("sparse-ae", lambda c: autoencoder("sparse"), reads=("betas",))
 register("contractive-ae", lambda c: autoencoder("contractive"), reads=("betas",))
 register("denoising-ae", lambda c: autoencoder(corruption=_corruption(c)), reads=("corruption",))
+register("m2", lambda c: m2(0.1 if c.classifier_weight is None else c.classifier_weight),
+         reads=("labels", "label_seed", "classifier_weight"))
 
 
 def check_settings(config) -> None:
@@ -294,9 +337,15 @@ def names() -> tuple[str, ...]:
     return tuple(sorted(_REGISTRY))
 
 
-def from_config(config) -> Objective:
-    """The objective that `config.objective` names."""
+def from_config(config, num_train: int | None = None) -> Objective:
+    """The objective that `config.objective` names. With `num_train`, an unset
+    classifier_weight becomes 0.1·N/N_labelled (Kingma et al.'s α = 0.1·N)."""
+    import dataclasses
+
     from vaejax.config import ConfigError
+    if config.classifier_weight is None and num_train:
+        config = dataclasses.replace(config, classifier_weight=0.1 * num_train / (
+            config.labels or num_train))
     if config.objective == CUSTOM:
         raise ConfigError("this run's objective was given as a function: pass it again")
     if config.objective not in _REGISTRY:

@@ -86,7 +86,7 @@ def write_run_figures(workdir, trainer, state, test: np.ndarray, records: list[d
         model = trainer.model(*variables)
         given = objectives.conditioned(model, y)
         out = {"reconstructions": given.mean_image(given.encode(x).mode())}
-        if hasattr(model, "prior"):
+        if hasattr(model, "prior") or hasattr(model, "given"):
             out["samples"] = _samples(model, jax.random.PRNGKey(0), num_images)
         return out
 

@@ -250,7 +250,27 @@ def prepare_data(config: TrainConfig, data_dir=None, manual_dir=None) -> RunData
     if config.batch_size > data.train.images.shape[0]:
         raise ConfigError(f"batch size {config.batch_size} is larger than the "
                           f"{data.train.images.shape[0]} training examples of {config.dataset}")
-    return RunData(data.train.images, data.test.images, data.train.labels, data.test.labels)
+    train_labels = data.train.labels
+    if config.labels is not None:
+        train_labels = keep_labels(config.dataset, train_labels, config.labels, config.label_seed)
+    return RunData(data.train.images, data.test.images, train_labels, data.test.labels)
+
+
+def keep_labels(dataset: str, labels, count: int, seed: int) -> np.ndarray:
+    """`count` labels, an equal number per class drawn with `seed`; the rest set to −1."""
+    if labels is None:
+        raise ConfigError(f"{dataset} has no labels to keep")
+    classes = np.unique(labels)
+    per_class, rng = count // len(classes), np.random.default_rng(seed)
+    kept = np.full_like(labels, -1)
+    for c in classes:
+        where = np.flatnonzero(labels == c)
+        if len(where) < per_class:
+            raise ConfigError(f"{dataset} has {len(where)} training examples of class {c}, "
+                              f"fewer than the {per_class} per class that labels={count} keeps")
+        chosen = rng.choice(where, per_class, replace=False)
+        kept[chosen] = labels[chosen]
+    return kept
 
 
 def _check_devices(config: TrainConfig) -> None:

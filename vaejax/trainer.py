@@ -73,7 +73,7 @@ class Trainer:
         if objective is None:
             objectives.check_settings(config)
         self.model_fn = model_fn or models.model_fn(config.model)
-        self.objective = objective or objectives.from_config(config)
+        self.objective = objective or objectives.from_config(config, num_train)
         self.evaluation = (evaluation or (model_fn is None and models.evaluation(config.model.family))
                            or objectives.elbo_evaluation)
         self.schedules = (schedules_lib.from_config(config, self.steps_per_epoch)

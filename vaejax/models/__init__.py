@@ -128,6 +128,7 @@ from vaejax.models.autoencoder import Autoencoder, PointCode  # noqa: E402
 from vaejax.models.conv import Conv, ConvTranspose  # noqa: E402
 from vaejax.models.cvae import ConditionalVAE  # noqa: E402
 from vaejax.models.flows import FlowVAE  # noqa: E402
+from vaejax.models.m2 import M2  # noqa: E402
 from vaejax.models.priors import GaussianMixturePrior  # noqa: E402
 from vaejax.models.two_layer import TwoLayerVAE  # noqa: E402
 from vaejax.models.vae import MLP, VAE  # noqa: E402
@@ -193,6 +194,13 @@ def _cvae(config: ModelConfig) -> ModelFn:
                                               config.activation, rngs=rngs)
 
 
+def _m2(config: ModelConfig) -> ModelFn:
+    """ModelConfig's hidden widths, latent_dim and activation (paper: 500, 50, softplus)."""
+    _own_architecture("m2", config, ("activation",))
+    return lambda shape, rngs: M2(shape, config.hidden, config.latent_dim, 10, config.activation,
+                                  rngs=rngs)
+
+
 # name → model built from the ModelConfig; the fixed sizes follow each family's paper.
 register_family("vae", _stock)
 register_family("vae-planar", lambda c: lambda shape, rngs: FlowVAE(shape, c, "planar", 10,
@@ -203,10 +211,11 @@ register_family("two-layer", _two_layer("two-layer", 0))
 register_family("two-layer-vampprior", _two_layer("two-layer-vampprior", 500))
 register_family("vqvae", _vqvae, objective="vq")
 register_family("cvae", _cvae)
+register_family("m2", _m2, objective="m2", evaluation=objectives.m2_evaluation)
 register_family("autoencoder", _autoencoder,
                 objective=("ae", "sparse-ae", "contractive-ae", "denoising-ae"),
                 evaluation=objectives.reconstruction_evaluation)
 
-__all__ = ["Autoencoder", "CUSTOM", "ConditionalVAE", "Conv", "ConvTranspose", "FlowVAE", "GaussianMixturePrior", "MLP", "Model", "ModelFn", "PointCode",
+__all__ = ["Autoencoder", "CUSTOM", "ConditionalVAE", "Conv", "ConvTranspose", "FlowVAE", "GaussianMixturePrior", "M2", "MLP", "Model", "ModelFn", "PointCode",
            "TwoLayerVAE", "VAE", "VQVAE", "VampVAE", "check_objective", "evaluation", "families",
            "model_fn", "register", "register_family"]

@@ -1,0 +1,116 @@
+"""M2 (Kingma et al. 2014): its loss by hand on a model with known bounds, the bound U(x)
+against log p(x), the kept labels, and semi-supervised training through the CLI."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+import vaejax
+from vaejax import objectives
+from vaejax.cli import main
+from vaejax.config import ConfigError
+from vaejax.models import M2
+from vaejax.objectives import Batch
+from vaejax.train import keep_labels, read_summary
+
+BOUND = jnp.array([[-3.0, -1.0, -2.0], [-5.0, -4.0, -6.0]])  # L(x_i, y), (B, K)
+LOGITS = jnp.array([[0.5, 1.0, -1.0], [2.0, 0.0, 0.0]])
+
+
+class Fixed:
+    """A model whose L(x, y) and q(y|x) are the tables above."""
+
+    def bound_per_class(self, key, x):
+        return BOUND.T
+
+    def classify(self, x):
+        return vaejax.Categorical(LOGITS[:, None, :])
+
+
+def test_loss_by_hand():
+    log_q = jax.nn.log_softmax(LOGITS)
+    marginal = jnp.sum(jnp.exp(log_q) * (BOUND - log_q), axis=-1)
+    batch = Batch(jnp.zeros((2, 1, 1, 1)), jnp.array([2, -1]))  # first labelled as 2
+    loss, metrics = objectives.m2(5.0)(Fixed(), batch, jax.random.key(0), {"beta": 1.0})
+    expected = -((BOUND[0, 2] + 5.0 * log_q[0, 2]) + marginal[1]) / 2
+    np.testing.assert_allclose(loss, expected, rtol=1e-6)
+    np.testing.assert_allclose(metrics["classifier_cross_entropy"], -log_q[0, 2], rtol=1e-6)
+    np.testing.assert_allclose(metrics["labelled_fraction"], 0.5)
+    out = objectives.m2_evaluation(Fixed(), Batch(batch.x, jnp.array([1, 1])), None)
+    np.testing.assert_array_equal(out["test_error"], [0.0, 1.0])  # argmax q: 1, then 0
+
+
+def test_marginal_bound_is_logsumexp_at_the_best_classifier():
+    """max over q(y|x) of Σ q (L − log q) is logsumexp_y L, reached at q ∝ exp L."""
+    class Best(Fixed):
+        def classify(self, x):
+            return vaejax.Categorical(BOUND[:, None, :])
+    out = objectives.m2_evaluation(Best(), Batch(jnp.zeros((2, 1, 1, 1)), jnp.zeros(2, int)), None)
+    np.testing.assert_allclose(out["test_elbo"], jax.nn.logsumexp(BOUND, axis=-1), rtol=1e-6)
+    worse = objectives.m2_evaluation(Fixed(), Batch(jnp.zeros((2, 1, 1, 1)), jnp.zeros(2, int)),
+                                     None)
+    assert np.all(worse["test_elbo"] < out["test_elbo"])
+
+
+def test_bound_lies_below_log_px():
+    """U(x) ≤ log p(x) = log Σ_y p(y) p(x|y), p(x|y) by importance sampling (K = 2000)."""
+    model = M2((3, 3, 1), (8,), 2, rngs=nnx.Rngs(0))
+    x = jnp.asarray(np.random.default_rng(1).binomial(1, 0.5, (4, 3, 3, 1)), jnp.float32)
+    bounds = jax.vmap(lambda k: objectives.m2_evaluation(model, Batch(x, jnp.zeros(4, int)), k)
+                      ["test_elbo"])(jax.random.split(jax.random.key(0), 50)).mean(0)
+    per_class = []
+    for y in range(10):
+        given = model.given(jnp.full(4, y))
+        per_class.append(vaejax.importance_log_likelihood(
+            jax.random.key(y), x, given.encode(x), given.log_likelihood, 2000, 1000))
+    log_px = jax.nn.logsumexp(jnp.stack(per_class), axis=0) - jnp.log(10.0)
+    assert np.all(bounds < log_px), (bounds, log_px)
+
+
+def test_keep_labels_keeps_an_equal_number_per_class():
+    labels = np.repeat(np.arange(10), 30)
+    kept = keep_labels("d", labels, 50, seed=0)
+    assert np.sum(kept >= 0) == 50
+    np.testing.assert_array_equal(np.bincount(kept[kept >= 0]), np.full(10, 5))
+    assert np.all(kept[kept >= 0] == labels[kept >= 0])
+    np.testing.assert_array_equal(kept, keep_labels("d", labels, 50, seed=0))
+    assert not np.array_equal(kept, keep_labels("d", labels, 50, seed=1))
+    with pytest.raises(ConfigError, match="fewer than the 40 per class"):
+        keep_labels("d", labels, 400, seed=0)
+
+
+FLAGS = ["--model", "m2", "--objective", "m2", "--hidden", "64", "--latent-dim", "8",
+         "--no-progress"]
+
+
+def test_semi_supervised_training_on_100_digit_labels(tmp_path, capsys):
+    run = tmp_path / "run"
+    assert main(["train", "--workdir", str(run), *FLAGS, "--labels", "100", "--epochs", "20",
+                 "--checkpoint-every", "20"]) == 0
+    summary = read_summary(run)
+    assert summary["test_error"] < 0.6  # chance: 0.9
+    assert main(["evaluate", "--workdir", str(run), "--no-progress"]) == 0
+    summary = read_summary(run)
+    assert "test_log_likelihood" not in summary and 0.1 < summary["linear_probe_accuracy"] <= 1
+    capsys.readouterr()
+    assert main(["sample", "--workdir", str(run)]) == 2
+    assert "is conditional" in capsys.readouterr().err
+    assert (run / "samples.png").exists()
+
+
+@pytest.mark.parametrize("flags,message", [
+    (["--labels", "15"], "labels must be a positive multiple of the 10 classes"),
+    (["--objective", "elbo"], "the m2 family trains with objective 'm2', not 'elbo'"),
+])
+def test_refusals(tmp_path, capsys, flags, message):
+    assert main(["train", "--workdir", str(tmp_path / "r"), *FLAGS, *flags]) == 2
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "r").exists()
+
+
+def test_labels_need_an_objective_that_reads_them(tmp_path, capsys):
+    assert main(["train", "--workdir", str(tmp_path / "r"), "--labels", "100",
+                 "--no-progress"]) == 2
+    assert "the elbo objective does not read labels" in capsys.readouterr().err
