@@ -230,3 +230,13 @@ def test_autoencoders_rows_run(tmp_path):
     angles = rows["pca"]["principal_angles_degrees"]
     assert len(angles) == 4 and all(0 <= a <= 90 for a in angles)
     assert "max angle" in table
+
+
+def test_semi_supervised_runs(tmp_path):
+    """Two label draws of M2 train on the digits; the table and mean ± std are reported."""
+    result, table = run_script("semi_supervised", "--tiny", "--label-seeds", "0,1",
+                               "--workdir", str(tmp_path))
+    errors = [r["test_error_percent"] for r in result["rows"]]
+    assert len(errors) == 2 and all(0 <= e <= 100 for e in errors)
+    assert math.isclose(result["test_error_percent_mean"], sum(errors) / 2)
+    assert result["published_percent"]["mean"] == 11.97 and "test error %" in table
