@@ -43,4 +43,4 @@ def test_notebook_runs_in_fast_mode(path, monkeypatch):
 
 
 def test_notebooks_are_present():
-    assert len(NOTEBOOKS) == 12, [p.name for p in NOTEBOOKS]
+    assert len(NOTEBOOKS) == 13, [p.name for p in NOTEBOOKS]
