@@ -11,7 +11,9 @@ A model is any `nnx.Module` with
 
 A model without `prior` (an autoencoder, whose `encode` gives a point code with
 `mean` and `mode()`) trains with its own objective and evaluation: it draws no
-samples and gets no importance-sampled log p(x).
+samples and gets no importance-sampled log p(x). A conditional model offers
+`given(y)`, the model with labels y fixed, which meets the contract above; the stock
+objectives, evaluation and figures condition it on the batch's labels.
 
 Its state may hold more than `nnx.Param` (batch statistics, an EMA codebook):
 the trainer carries the rest beside the parameters and checkpoints it. A
