@@ -42,6 +42,8 @@ def train_row(name: str, args, root: Path) -> dict:
              "--hidden", args.hidden, "--latent-dim", str(args.code_dim), *flags,
              "--epochs", str(args.epochs), "--batch-size", "100", "--lr-schedule", "cosine",
              "--checkpoint-every", str(args.epochs), "--workdir", str(workdir), "--no-progress"]
+    if (workdir / "config.json").exists():
+        train.append("--resume")
     tic = time.perf_counter()
     if vaejax_main(["train", *train]) or vaejax_main(["evaluate", "--workdir", str(workdir),
                                                       "--no-progress"]):
@@ -66,7 +68,8 @@ def pca_row(args, root: Path) -> dict:
         family="autoencoder", hidden=(), latent_dim=args.pca_dim, likelihood="gaussian",
         gaussian_scale=1.0), objective="ae", binarization="dequantize", epochs=args.pca_epochs,
         batch_size=100, learning_rate=1e-2, lr_schedule="cosine", checkpoint_every=args.pca_epochs)
-    summary = train_and_evaluate(config, root / "pca", progress=False)
+    summary = train_and_evaluate(config, root / "pca", progress=False,
+                                 resume=(root / "pca" / "config.json").exists())
     decoder = np.asarray(load_run(root / "pca").model.to_pixels.kernel[...])  # (d, pixels)
     train = prepare_data(config).train
     pca = PCA(args.pca_dim).fit(train.reshape(len(train), -1))

@@ -190,6 +190,11 @@ def test_evaluate_needs_whole_chunks(tmp_path, capsys):
     (["--model", "vqvae", "--objective", "vq", "--beta", "2"], "the vq objective does not read betas"),
     (["--corruption", "masking:0.2"], "the elbo objective does not read corruption"),
     (["--hidden", ""], "the vae family needs at least one hidden layer"),
+    (["--model", "cvae", "--hidden", ""], "the cvae family needs at least one hidden layer"),
+    (["--model", "vae-iaf", "--hidden", ""], "the vae-iaf family needs at least one hidden layer"),
+    (["--architecture", "conv", "--conv-channels", ""], "needs at least one hidden layer and "
+     "one convolution"),
+    (["--label-seed", "3"], "label_seed chooses which labels --labels keeps"),
     (["--model", "autoencoder"], "the autoencoder family trains with objective 'ae' or "
      "'sparse-ae' or 'contractive-ae' or 'denoising-ae', not 'elbo'"),
     (["--model", "autoencoder", "--objective", "ae", "--beta", "2"],

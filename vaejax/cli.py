@@ -270,6 +270,8 @@ def _evaluate_run(args, run, chunk_size):
         raise RunError(f"{args.workdir}/metrics.jsonl lacks the records of epoch {run.epoch}, "
                        "the epoch of its checkpoint")
     key = headline(records[0])
+    if key not in test:
+        raise RunError(f"{args.workdir} records {key}, which this run's evaluation does not give")
     for i, value in enumerate(test[key]):
         if not math.isclose(value, records[i][key], rel_tol=1e-4, abs_tol=1e-4):
             raise RunError(f"the checkpoint of epoch {run.epoch} gives model {i} a {key} of "
@@ -296,7 +298,7 @@ def _evaluate_run(args, run, chunk_size):
         per_model["code_perplexity"] = [float(v) for v in perplexity]
         per_model["unused_codes"] = [int(v) for v in unused]
     if is_grey_level(run.config) and "test_log_likelihood" in per_model:
-        for k in ("test_log_likelihood", "test_elbo"):
+        for k in ("test_log_likelihood", "test_elbo")[:1 + ("test_elbo" in per_model)]:
             per_model[f"{k}_bits_per_dim"] = [bits_per_dim_of(run.config, data.test.shape[1:], v)
                                               for v in per_model[k]]
         extra["bits_per_dim_convention"] = BITS_PER_DIM_CONVENTION

@@ -273,6 +273,8 @@ def validate(config: TrainConfig) -> TrainConfig:
     _require(config.labels is None or (config.labels >= 10 and config.labels % 10 == 0),
              f"labels must be a positive multiple of the 10 classes; got {config.labels}")
     _require(config.label_seed >= 0, "label_seed must be >= 0")
+    _require(config.label_seed == 0 or config.labels is not None,
+             "label_seed chooses which labels --labels keeps: give labels too")
     _require(config.classifier_weight is None or config.classifier_weight > 0,
              "classifier_weight must be > 0")
     # (Settings an objective does not read are refused by `objectives.check_settings`.)

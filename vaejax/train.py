@@ -430,6 +430,8 @@ def train_and_evaluate(config: TrainConfig, workdir, *, model_fn=None, objective
       the contents of summary.json.
     """
     config = validate(recorded_config(config, model_fn, objective, optimizer))
+    if objective is None:
+        objectives.check_settings(config)
     workdir = Path(workdir)
     _check_devices(config)
     check_writable(workdir)
@@ -444,7 +446,12 @@ def train_and_evaluate(config: TrainConfig, workdir, *, model_fn=None, objective
         trainer = Trainer(config, data.train.shape[1:], data.train.shape[0], model_fn=model_fn,
                           objective=objective, optimizer=optimizer, schedules=schedules,
                           evaluation=evaluation)
+        if trainer.conditional and data.train_labels is None:
+            raise ConfigError(f"the {config.model.family} model is conditioned on labels, and "
+                              f"{config.dataset} has none")
         state = trainer.init()
+        if resume and (workdir / "metrics.jsonl").exists():
+            _check_test_keys(workdir, trainer, state, data, read_metrics(workdir))
         if config.init_from is not None:
             state = state._replace(params=trainer.place(initial_params(config, trainer)))
         check_writable(workdir, _bytes_needed(config, state))
@@ -540,6 +547,15 @@ def _train(config, workdir, data, trainer, state, resume, progress, stepwise, st
         board.images(grids, config.epochs)
     stops.check()  # a signal during the figures: the run is whole, but the caller asked to stop
     return summary
+
+
+def _check_test_keys(workdir, trainer, state, data, records) -> None:
+    """Refuses to resume with an evaluation whose values are not those recorded so far."""
+    keys = set(jax.eval_shape(trainer.evaluate, state, data.test_batch(), 0))
+    if records and keys != set(test_keys(records[-1])):
+        raise RunError(f"{workdir} records the test values {', '.join(test_keys(records[-1]))}; "
+                       f"this evaluation gives {', '.join(sorted(keys))}: pass the evaluation "
+                       "the run was trained with")
 
 
 def _report_gaps(workdir, records, num_models, epoch) -> None:

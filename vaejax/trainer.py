@@ -70,17 +70,17 @@ class Trainer:
         self.steps_per_epoch = num_train // config.batch_size
         if model_fn is None and objective is None:
             models.check_objective(config.model.family, config.objective)
-        if objective is None:
-            objectives.check_settings(config)
         self.model_fn = model_fn or models.model_fn(config.model)
         self.objective = objective or objectives.from_config(config, num_train)
-        self.evaluation = (evaluation or (model_fn is None and models.evaluation(config.model.family))
+        # The family's (as load_run and resume rebuild it), also under a model_fn of that family.
+        self.evaluation = (evaluation or models.evaluation(config.model.family)
                            or objectives.elbo_evaluation)
         self.schedules = (schedules_lib.from_config(config, self.steps_per_epoch)
                           if schedules is None else list(schedules))
         self.tx = optax.adam(self._learning_rate()) if optimizer is None else optimizer
         abstract = nnx.eval_shape(lambda: self.model_fn(self.image_shape, nnx.Rngs(0)))
         self.graphdef = nnx.split(abstract, nnx.Param, ...)[0]
+        self.conditional = hasattr(abstract, "given")  # conditioned on the batch's labels
         abstract.eval()  # batch norm on its running statistics, no dropout
         self.eval_graphdef = nnx.split(abstract, nnx.Param, ...)[0]
         self.mesh = None

@@ -97,3 +97,15 @@ def test_cvae_refuses_stock_settings(tmp_path, capsys):
     assert main(["train", "--workdir", str(tmp_path / "r"), *FLAGS, "--posterior", "full"]) == 2
     assert "the cvae family builds its own architecture" in capsys.readouterr().err
     assert vaejax.models.ConditionalVAE is ConditionalVAE
+
+
+def test_a_data_set_without_labels_is_refused_before_anything_is_written(tmp_path, monkeypatch):
+    from vaejax import train
+    from vaejax.config import ConfigError, ModelConfig, TrainConfig
+    real = train.prepare_data
+    monkeypatch.setattr(train, "prepare_data", lambda *a, **k: real(*a, **k)._replace(
+        train_labels=None, test_labels=None))
+    with pytest.raises(ConfigError, match="conditioned on labels, and digits has none"):
+        train.train_and_evaluate(TrainConfig(model=ModelConfig(family="cvae", hidden=(16,)),
+                                             epochs=1), tmp_path / "run", progress=False)
+    assert not (tmp_path / "run").exists()

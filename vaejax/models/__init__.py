@@ -142,9 +142,18 @@ _STOCK_ONLY = ("architecture", "conv_channels", "activation", "posterior", "num_
                "likelihood", "gaussian_scale", "levels", "mixture_components")
 
 
-def _own_architecture(family: str, config: ModelConfig, reads=()) -> None:
+def _hidden_layers(family: str, config: ModelConfig) -> None:
+    if not config.hidden or (config.architecture == "conv" and not config.conv_channels):
+        raise ConfigError(f"the {family} family needs at least one hidden layer "
+                          f"{'and one convolution ' if config.architecture == 'conv' else ''}"
+                          "(--hidden '' is for the autoencoder family)")
+
+
+def _own_architecture(family: str, config: ModelConfig, reads=(), linear=False) -> None:
     """Refuses settings that `family` would ignore (any differing from ModelConfig's default):
-    the stock VAE's, but those in `reads`."""
+    the stock VAE's, but those in `reads`; and no hidden layers unless `linear`."""
+    if not linear:
+        _hidden_layers(family, config)
     default = ModelConfig()
     ignored = [f for f in _STOCK_ONLY if f not in reads and getattr(config, f) != getattr(default, f)]
     if ignored:
@@ -171,16 +180,19 @@ def _vqvae(config: ModelConfig) -> ModelFn:
     return lambda shape, rngs: VQVAE(shape, config.hidden, config.latent_dim, rngs=rngs)
 
 
-def _stock(config: ModelConfig) -> ModelFn:
-    if not config.hidden:
-        raise ConfigError("the vae family needs at least one hidden layer")
-    return lambda shape, rngs: VAE(shape, config, rngs=rngs)
+def _stock(name: str, build):
+    """A family built from every ModelConfig field: `build(shape, config, rngs)`."""
+    def family(config: ModelConfig) -> ModelFn:
+        _hidden_layers(name, config)
+        return lambda shape, rngs: build(shape, config, rngs)
+    return family
 
 
 def _autoencoder(config: ModelConfig) -> ModelFn:
     """ModelConfig's hidden widths (() for linear), latent_dim (= code size), activation and
     a Bernoulli or fixed-scale Gaussian likelihood."""
-    _own_architecture("autoencoder", config, ("activation", "likelihood", "gaussian_scale"))
+    _own_architecture("autoencoder", config, ("activation", "likelihood", "gaussian_scale"),
+                      linear=True)
     if config.likelihood not in ("bernoulli", "gaussian") or config.gaussian_scale is None:
         raise ConfigError("the autoencoder family reconstructs with a bernoulli likelihood or a "
                           "gaussian one of fixed scale")
@@ -204,10 +216,11 @@ def _m2(config: ModelConfig) -> ModelFn:
 
 
 # name → model built from the ModelConfig; the fixed sizes follow each family's paper.
-register_family("vae", _stock)
-register_family("vae-planar", lambda c: lambda shape, rngs: FlowVAE(shape, c, "planar", 10,
-                                                                    rngs=rngs))
-register_family("vae-iaf", lambda c: lambda shape, rngs: FlowVAE(shape, c, "iaf", 2, rngs=rngs))
+register_family("vae", _stock("vae", lambda shape, c, rngs: VAE(shape, c, rngs=rngs)))
+register_family("vae-planar", _stock("vae-planar", lambda shape, c, rngs: FlowVAE(
+    shape, c, "planar", 10, rngs=rngs)))
+register_family("vae-iaf", _stock("vae-iaf", lambda shape, c, rngs: FlowVAE(shape, c, "iaf", 2,
+                                                                           rngs=rngs)))
 register_family("vampprior", _vampprior)
 register_family("two-layer", _two_layer("two-layer", 0))
 register_family("two-layer-vampprior", _two_layer("two-layer-vampprior", 500))
