@@ -44,8 +44,8 @@ _MODEL_FLAGS = ("family", "architecture", "hidden", "conv_channels", "activation
 _TRAIN_FLAGS = ("dataset", "binarization", "objective", "num_samples", "betas", "seeds",
                 "kl_warmup_epochs", "free_bits", "kl_target", "dual_learning_rate", "estimator",
                 "temperature", "min_temperature", "temperature_decay", "epochs", "batch_size",
-                "learning_rate", "lr_schedule", "devices", "checkpoint_every", "init_from", "corruption",
-                "labels", "label_seed", "classifier_weight")
+                "learning_rate", "lr_schedule", "devices", "checkpoint_every", "init_from",
+                "corruption", "labels", "label_seed", "classifier_weight")
 
 
 def _add_data_flags(p):
