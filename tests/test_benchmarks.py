@@ -220,13 +220,14 @@ def test_readme_names_no_machine_paths():
 
 
 def test_autoencoders_rows_run(tmp_path):
-    """Each autoencoder row trains and is evaluated; the PCA row reports principal angles."""
-    result, table = run_script("autoencoders", "--tiny", "--workdir", str(tmp_path))
+    """An objective's row trains and is evaluated; the PCA row reports principal angles.
+    (Every objective trains in tests/training/test_autoencoder.py.)"""
+    result, table = run_script("autoencoders", "--tiny", "--rows", "sparse-ae,pca",
+                               "--workdir", str(tmp_path))
     rows = {r["row"]: r for r in result["rows"]}
-    assert set(rows) == {"ae", "sparse-ae", "contractive-ae", "denoising-ae", "pca"}
-    for name in ("ae", "sparse-ae", "contractive-ae", "denoising-ae"):
-        assert positive(rows[name]["distortion"]) and 0 < rows[name]["linear_probe_accuracy"] <= 1
-    assert rows["sparse-ae"]["train_penalty"] > 0 and rows["ae"]["train_penalty"] == 0
+    assert set(rows) == {"sparse-ae", "pca"}
+    assert positive(rows["sparse-ae"]["distortion"]) and positive(rows["sparse-ae"]["train_penalty"])
+    assert 0 < rows["sparse-ae"]["linear_probe_accuracy"] <= 1
     angles = rows["pca"]["principal_angles_degrees"]
     assert len(angles) == 4 and all(0 <= a <= 90 for a in angles)
     assert "max angle" in table
