@@ -179,6 +179,13 @@ def vq(commitment: float = 0.25, decay: float = 0.99) -> Objective:
     return objective
 
 
+def _m2_terms(model, x, key):
+    """L(x, y) for every y and log q(y|x), each (B, K), and U(x) = Σ_y q(y|x)(L − log q), (B,)."""
+    bound = model.bound_per_class(key, x).T
+    log_q = jax.nn.log_softmax(model.classify(x).logits[..., 0, :], axis=-1)
+    return bound, log_q, jnp.sum(jnp.exp(log_q) * (bound - log_q), axis=-1)
+
+
 def m2(classifier_weight: float) -> Objective:
     """Kingma et al.'s semi-supervised loss −J^α per example, for models with `classify(x)`
     → q(y|x) and `bound_per_class(key, x)` → L(x, y) for every y (`vaejax.models.M2`).
@@ -193,9 +200,7 @@ def m2(classifier_weight: float) -> Objective:
     def objective(model, batch, key, hyper):
         if batch.y is None:
             raise ValueError("the m2 objective needs labels in the batch (-1 where missing)")
-        bound = model.bound_per_class(key, batch.x).T  # (B, K)
-        log_q = jax.nn.log_softmax(model.classify(batch.x).logits[..., 0, :], axis=-1)
-        marginal = jnp.sum(jnp.exp(log_q) * (bound - log_q), axis=-1)
+        bound, log_q, marginal = _m2_terms(model, batch.x, key)
         labelled = batch.y >= 0
         y = jnp.maximum(batch.y, 0)[:, None]
         log_q_y = jnp.take_along_axis(log_q, y, axis=-1)[:, 0]
@@ -264,9 +269,8 @@ def m2_evaluation(model, batch, key) -> Metrics:
     """M2's `test_elbo` U(x), the bound on log p(x) summed over y, and `test_error`,
     whether the classifier's most probable class misses the label."""
     batch = as_batch(batch)
-    bound = model.bound_per_class(key, batch.x).T
-    log_q = jax.nn.log_softmax(model.classify(batch.x).logits[..., 0, :], axis=-1)
-    return {"test_elbo": jnp.sum(jnp.exp(log_q) * (bound - log_q), axis=-1),
+    _, log_q, marginal = _m2_terms(model, batch.x, key)
+    return {"test_elbo": marginal,
             "test_error": (jnp.argmax(log_q, axis=-1) != batch.y).astype(jnp.float32)}
 
 

@@ -97,8 +97,7 @@ def write_run_figures(workdir, trainer, state, test: np.ndarray, records: list[d
                                  for r in images["reconstructions"]]}
     if "samples" in images:
         grids["samples"] = [tile(samples, 8) for samples in images["samples"]]
-    first = trainer.model(*jax.tree.map(lambda t: t[0], (state.params, state.rest)))
-    by_class = ", row k: y = k" if hasattr(first, "given") else ""
+    by_class = ", row k: y = k" if trainer.conditional else ""
     for name, title in (("samples", "samples z ~ p(z)" + by_class),
                         ("reconstructions", "data | reconstruction")):
         if name not in grids:
