@@ -92,6 +92,10 @@ def _document_defaults(parser) -> None:
         action.help = " ".join(["; ".join(notes), default]) if notes else default
 
 
+# evaluate's importance sampling
+_IS_DEFAULTS = {"num_samples": 5000, "chunk_size": 100, "batch_size": 100}
+
+
 def _parser():
     parser = _Parser(prog="vaejax", description="Variational autoencoders in JAX.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -151,12 +155,13 @@ def _parser():
 
     e = sub.add_parser("evaluate", help="importance-sampled test log-likelihood of a run")
     e.add_argument("--workdir", required=True)
-    e.add_argument("-k", "--num-samples", type=int, default=5000,
-                   help="importance samples per test image (default: %(default)s)")
-    e.add_argument("--chunk-size", type=int, default=100, help="draws per chunk; a chunk holds "
-                   "chunk × batch decoded images (default: %(default)s)")
-    e.add_argument("--batch-size", type=int, default=100,
-                   help="test images per compiled call (default: %(default)s)")
+    # No argparse defaults: a model without a prior gets no importance sampling, and refuses them.
+    e.add_argument("-k", "--num-samples", type=int, help="importance samples per test image "
+                   f"(default: {_IS_DEFAULTS['num_samples']})")
+    e.add_argument("--chunk-size", type=int, help="draws per chunk; a chunk holds chunk × batch "
+                   f"decoded images (default: {_IS_DEFAULTS['chunk_size']})")
+    e.add_argument("--batch-size", type=int, help="test images per compiled call "
+                   f"(default: {_IS_DEFAULTS['batch_size']})")
     e.add_argument("--no-progress", action="store_true")
     _add_data_flags(e)
 
@@ -237,6 +242,9 @@ def _results(m: dict) -> str:
 
 
 def _evaluate(args):
+    args.importance_flags = [k for k in _IS_DEFAULTS if getattr(args, k) is not None]
+    for key, default in _IS_DEFAULTS.items():
+        setattr(args, key, default if getattr(args, key) is None else getattr(args, key))
     if args.num_samples < 1 or args.chunk_size < 1 or args.batch_size < 1:
         raise ConfigError("--num-samples, --chunk-size and --batch-size must be >= 1")
     chunk_size = min(args.chunk_size, args.num_samples)
@@ -278,6 +286,10 @@ def _evaluate_run(args, run, chunk_size):
                            f"{float(value):.4f}, but training recorded {records[i][key]} for "
                            "that epoch: the checkpoint is not the model that was trained")
     first = run.models[0]
+    if not hasattr(first, "prior") and args.importance_flags:
+        raise ConfigError(f"the {run.config.model.family} family has no prior, so no "
+                          "importance sampling: --num-samples, --chunk-size and --batch-size "
+                          "have nothing to set")
     per_model, extra = {}, {"evaluated_epoch": run.epoch}
     if hasattr(first, "prior"):  # a latent-variable model: log p(x) by importance sampling
         tic = time.perf_counter()

@@ -115,6 +115,8 @@ def test_evaluate_reports_the_probe_and_sample_refuses(tmp_path, capsys):
     capsys.readouterr()
     assert main(["sample", "--workdir", run]) == 2
     assert "has no prior p(z) to sample from" in capsys.readouterr().err
+    assert main(["evaluate", "--workdir", run, "-k", "50", "--no-progress"]) == 2
+    assert "no importance sampling" in capsys.readouterr().err
 
 
 def test_a_user_model_fn_brings_its_evaluation(tmp_path):
