@@ -75,8 +75,13 @@ class Checkpointer:
 
     def __init__(self, directory: str, max_to_keep: int = 2, writer: bool = False):
         """`writer`: the run's one writer (it holds the run lock), which first removes what
-        a save cut short (by a kill or a full disk) left: every folder not named by an epoch."""
-        if writer and os.path.isdir(directory):
+        a save cut short (by a kill or a full disk) left: every folder not named by an epoch.
+
+        Over several processes every one saves and restores (orbax writes each value once,
+        from process 0, and keeps them in step); process 0 is the writer and records digests.
+        """
+        self._primary = jax.process_index() == 0
+        if writer and self._primary and os.path.isdir(directory):
             for entry in os.scandir(directory):
                 if entry.is_dir() and not entry.name.isdigit():
                     shutil.rmtree(entry.path)
@@ -105,6 +110,8 @@ class Checkpointer:
         nested = _nest(named_leaves(state))
         self._manager.save(epoch, args=ocp.args.StandardSave(nested))
         self._manager.wait_until_finished()
+        if not self._primary:
+            return
         kept = {str(e) for e in self._manager.all_steps()}
         digests = {k: v for k, v in self._digests().items() if k in kept}
         digests[str(epoch)] = digest(_flatten(nested))

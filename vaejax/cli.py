@@ -150,6 +150,12 @@ def _parser():
     t.add_argument("--stepwise", action="store_true",
                    help="one jitted step per host batch instead of whole-epoch programs")
     t.add_argument("--no-progress", action="store_true")
+    t.add_argument("--coordinator", help="HOST:PORT of process 0, for one run over several "
+                   "processes (jax.distributed); not needed where JAX detects the cluster")
+    t.add_argument("--num-processes", type=int, help="processes of the run, one per host")
+    t.add_argument("--process-id", type=int, help="this process's index, 0 to N − 1")
+    t.add_argument("--process-timeout", type=float, help="seconds a process waits for the "
+                   "others to join, or for a heartbeat, before it stops (default: 100)")
     _document_defaults(t)
     _add_data_flags(t)
 
@@ -202,22 +208,33 @@ def _train(args):
     given = vars(args)
     if given.get("resume") and "workdir" not in given:
         raise ConfigError("--resume needs the --workdir of the run to continue")
-    config = _train_config(given)
-    if config.devices > 1:
-        import jax
-        try:  # on a CPU-only host, N host devices stand in for N accelerators
-            jax.config.update("jax_num_cpu_devices", config.devices)
-        except RuntimeError:
-            pass  # backends already started (in-process use): keep the devices there are
+    config = _join_processes(given, _train_config(given))
+    from vaejax.distributed import is_primary
     from vaejax.train import train_and_evaluate
     workdir = given.get("workdir") or f"runs/{config.dataset}-{time.strftime('%Y%m%d-%H%M%S')}"
     summary = train_and_evaluate(config, workdir, resume=given.get("resume", False),
                                  data_dir=given.get("data_dir"), manual_dir=given.get("manual_dir"),
                                  progress=not given.get("no_progress"),
                                  stepwise=given.get("stepwise", False))
+    if not is_primary():
+        return
     for m in summary["models"]:
         print(f"model {m['model']} (seed {m['seed']}, β={m['beta']:g}): {_results(m)}")
     print(f"{summary['train_examples_per_second']:,.0f} training examples/s; run folder: {workdir}")
+
+
+def _join_processes(given: dict, config: TrainConfig) -> TrainConfig:
+    """Starts jax.distributed where the flags or the cluster ask for several processes; the
+    batch is then sharded over every device of every process unless --devices says otherwise."""
+    import jax
+    from vaejax import distributed
+    count = distributed.initialize(given.get("coordinator"), given.get("num_processes"),
+                                   given.get("process_id"),
+                                   timeout=given.get("process_timeout", 100.0),
+                                   devices=config.devices)
+    if count > 1 and "devices" not in given and not given.get("resume"):
+        config = dataclasses.replace(config, devices=jax.device_count())
+    return config
 
 
 _LABELS = {"test_log_likelihood": "test log p(x) ≈", "test_elbo": "test ELBO"}

@@ -28,7 +28,7 @@ import jax
 import numpy as np
 
 import vaejax
-from vaejax import input_pipeline, interrupts, models, objectives
+from vaejax import distributed, input_pipeline, interrupts, models, objectives
 from vaejax.checkpoints import Checkpointer, DamagedCheckpointError
 from vaejax.config import ConfigError, TrainConfig, validate
 from vaejax.objectives import Batch
@@ -275,6 +275,11 @@ def keep_labels(dataset: str, labels, count: int, seed: int) -> np.ndarray:
 
 def _check_devices(config: TrainConfig) -> None:
     available = len(jax.devices())
+    if jax.process_count() > 1 and config.devices != available:
+        # Each process feeds its own devices: a mesh without some of them leaves processes out.
+        raise ConfigError(f"a run over {jax.process_count()} processes shards each batch over "
+                          f"all their {available} devices: pass devices={available}, "
+                          f"not {config.devices}")
     if config.devices > available:
         n = config.devices
         hint = (f"; for {n} CPU devices, call jax.config.update('jax_num_cpu_devices', {n}) before "
@@ -436,9 +441,10 @@ def train_and_evaluate(config: TrainConfig, workdir, *, model_fn=None, objective
     _check_devices(config)
     check_writable(workdir)
     locked = workdir.is_dir()
+    primary = distributed.is_primary()  # the process that writes; the others read
     with contextlib.ExitStack() as stack:
         stops = stack.enter_context(interrupts.catch())
-        if locked:  # the checks read the folder: no other writer meanwhile
+        if locked and primary:  # the checks read the folder: no other writer meanwhile
             stack.enter_context(run_lock(workdir))
         _check_workdir(workdir, config, resume)
         data = prepare_data(config, data_dir, manual_dir)
@@ -456,10 +462,17 @@ def train_and_evaluate(config: TrainConfig, workdir, *, model_fn=None, objective
             state = state._replace(params=trainer.place(initial_params(config, trainer)))
         check_writable(workdir, _bytes_needed(config, state))
         stops.check()  # the last point at which nothing has been written
-        if not locked:  # a new folder, made only now that every check has passed
+        refused = None
+        if not locked and primary:  # a new folder, made only now that every check has passed
             workdir.mkdir(parents=True, exist_ok=True)
-            stack.enter_context(run_lock(workdir))
-            _check_workdir(workdir, config, resume)  # another process may have begun here
+            try:
+                stack.enter_context(run_lock(workdir))
+                _check_workdir(workdir, config, resume)  # another run may have begun here
+            except RunError as error:
+                refused = error
+        if not all(distributed.gather(refused is None)):  # every process begins, or none
+            raise refused or RunError(f"process 0 could not begin the run in {workdir}: "
+                                      "its output says why")
         stops.workdir = workdir
         try:
             return _train(config, workdir, data, trainer, state, resume, progress, stepwise,
@@ -481,29 +494,35 @@ def _kept(workdir) -> str:
 
 def _train(config, workdir, data, trainer, state, resume, progress, stepwise, stops) -> dict:
     train, test, start = data.train, data.test, 0
-    write_json(workdir / "config.json", json.loads(config.to_json()))
-    write_json(workdir / "data.json", {"image_shape": list(train.shape[1:]),
-                                       "num_train": train.shape[0], "num_test": test.shape[0],
-                                       "has_labels": data.train_labels is not None})
+    primary = distributed.is_primary()
+    if primary:
+        write_json(workdir / "config.json", json.loads(config.to_json()))
+        write_json(workdir / "data.json", {"image_shape": list(train.shape[1:]),
+                                           "num_train": train.shape[0], "num_test": test.shape[0],
+                                           "has_labels": data.train_labels is not None})
     checkpointer = Checkpointer(str(workdir / "checkpoints"), writer=True)
     records = []
     if resume and checkpointer.epochs():
         start, state = _restore_latest(checkpointer, workdir, state, discard_damaged=True)
         state = trainer.place(state)
         records = [r for r in read_metrics(workdir) if r["epoch"] <= start]
-        _report_gaps(workdir, records, config.num_models, start)
+        if primary:
+            _report_gaps(workdir, records, config.num_models, start)
     stops.epoch = start
-    (workdir / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    metrics_path = workdir / "metrics.jsonl" if primary else Path(os.devnull)
+    if primary:
+        metrics_path.write_text("".join(json.dumps(r) + "\n" for r in records))
 
     train_batch = data.train_batch()
     train_device, test_device = trainer.place(train_batch), trainer.place(data.test_batch())
+    progress = progress and primary
     bar = _progress(range(start, config.epochs), progress)
     examples = config.num_models * trainer.steps_per_epoch * config.batch_size
     done = start  # the last epoch committed to metrics.jsonl
-    with open(workdir / "metrics.jsonl", "a") as metrics_file, \
+    with open(metrics_path, "a") as metrics_file, \
             TensorBoard(workdir, config.num_models, purge_step=start + 1) as board:
         for epoch in bar:
-            if stops.requested:
+            if distributed.agreed_stop(stops):
                 break
             tic = time.perf_counter()
             if stepwise:
@@ -530,7 +549,7 @@ def _train(config, workdir, data, trainer, state, resume, progress, stepwise, st
                 key = headline(epoch_records[0])
                 bar.set_postfix({key: f"{epoch_records[0][key]:.2f}"},
                                 ex_per_s=f"{examples / seconds:,.0f}")
-        if stops.requested:  # the epochs since the last checkpoint are kept too
+        if distributed.agreed_stop(stops):  # the epochs since the last checkpoint are kept too
             with stops.writing_files():
                 if stops.epoch != done:
                     checkpointer.save(done, state)
@@ -539,9 +558,12 @@ def _train(config, workdir, data, trainer, state, resume, progress, stepwise, st
             stops.check()
     checkpointer.close()
     summary = _summary(config, trainer, records, config.epochs)
+    if not primary:
+        return summary
     write_json(workdir / "summary.json", summary)
     from vaejax import plots  # matplotlib only when figures are drawn
-    grids = plots.write_run_figures(workdir, trainer, state, test, records,
+    # On this process's devices alone: the others do not take part.
+    grids = plots.write_run_figures(workdir, trainer, jax.device_get(state), test, records,
                                     test_labels=data.test_labels)
     with TensorBoard(workdir, config.num_models) as board:
         board.images(grids, config.epochs)

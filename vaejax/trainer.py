@@ -83,12 +83,16 @@ class Trainer:
         self.conditional = hasattr(abstract, "given")  # conditioned on the batch's labels
         abstract.eval()  # batch norm on its running statistics, no dropout
         self.eval_graphdef = nnx.split(abstract, nnx.Param, ...)[0]
-        self.mesh = None
-        if config.devices > 1:
+        self.mesh, replicated = None, None
+        if config.devices > 1:  # every process's devices, where several processes train
             self.mesh = jax.sharding.Mesh(np.array(jax.devices()[:config.devices]), ("data",))
-        self.train_epoch = jax.jit(self.per_model(self._epoch, (0, None, None)), donate_argnums=0)
-        self.train_step = jax.jit(self.per_model(self._step, (0, 0, 0)), donate_argnums=0)
-        self.evaluate = jax.jit(self.per_model(self._evaluate, (0, None, None)))
+            replicated = NamedSharding(self.mesh, PartitionSpec())  # every process reads results
+        self.train_epoch = jax.jit(self.per_model(self._epoch, (0, None, None)), donate_argnums=0,
+                                   out_shardings=replicated)
+        self.train_step = jax.jit(self.per_model(self._step, (0, 0, 0)), donate_argnums=0,
+                                  out_shardings=replicated)
+        self.evaluate = jax.jit(self.per_model(self._evaluate, (0, None, None)),
+                                out_shardings=replicated)
 
     def _learning_rate(self):
         c = self.config
@@ -189,19 +193,27 @@ class Trainer:
 
         return jax.lax.scan(body, state, self.batch_plan(state.key, data.x.shape[0], epoch))
 
+    def host_batch(self, data, rows: np.ndarray):
+        """The examples `rows` (K, B) of host arrays, on the devices: over a mesh, each device
+        gets only its share of the B examples, copied by the process it belongs to."""
+        if self.mesh is None:
+            return jax.device_put(jax.tree.map(lambda t: t[rows], data))
+        sharding = NamedSharding(self.mesh, PartitionSpec(None, "data"))
+        return jax.tree.map(lambda t: jax.make_array_from_callback(
+            (*rows.shape, *t.shape[1:]), sharding, lambda index: t[rows[index[:2]]]), data)
+
     def train_epoch_stepwise(self, state: TrainState, data, epoch: int):
         """The same epoch as `train_epoch`, one jitted step per host batch.
 
         For data too large for the device: each batch is copied from host memory.
         """
-        data = as_batch(data)
+        data = jax.tree.map(np.asarray, as_batch(data))
         plan = jax.vmap(self.batch_plan, in_axes=(0, None, None))
-        order, keys = plan(state.key, data.x.shape[0], epoch)
-        order = np.asarray(order)
+        order, keys = jax.device_get(plan(state.key, data.x.shape[0], epoch))
         history = []
         for i in range(self.steps_per_epoch):
-            batch = self.place(jax.tree.map(lambda t: np.asarray(t)[order[:, i]], data))
-            state, metrics = self.train_step(state, batch, keys[:, i])
+            batch = self.host_batch(data, order[:, i])
+            state, metrics = self.train_step(state, batch, self.place(keys[:, i]))
             history.append(metrics)
         return state, jax.tree.map(lambda *xs: jnp.stack(xs, axis=1), *history)
 
