@@ -241,3 +241,12 @@ def test_semi_supervised_runs(tmp_path):
     assert len(errors) == 2 and all(0 <= e <= 100 for e in errors)
     assert math.isclose(result["test_error_percent_mean"], sum(errors) / 2)
     assert result["published_percent"]["mean"] == 11.97 and "test error %" in table
+
+
+def test_processes_runs():
+    """One process and two over loopback train the digits; the efficiency is their ratio."""
+    result, table = run_script("processes", "--tiny")
+    row, = result["rows"]
+    assert row["one_process"] > 0 and row["processes"] > 0
+    assert math.isclose(row["scaling_efficiency"], row["processes"] / row["one_process"])
+    assert result["num_processes"] == 2 and "efficiency" in table
