@@ -60,7 +60,7 @@ def main() -> None:
     args = parser.parse_args()
     model = ["--dataset", "mnist", "--preset", "pytorch"]
     if args.tiny:
-        model, args.epochs, args.batch_sizes = ["--hidden", "32", "--latent-dim", "4"], 3, "100"
+        model, args.epochs, args.batch_sizes = ["--hidden", "32", "--latent-dim", "4"], 2, "100"
     rows = []
     for batch in map(int, args.batch_sizes.split(",")):
         flags = [*model, "--batch-size", str(batch), "--epochs", str(args.epochs)]
