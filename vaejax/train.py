@@ -444,8 +444,8 @@ def train_and_evaluate(config: TrainConfig, workdir, *, model_fn=None, objective
     primary = distributed.is_primary()  # the process that writes; the others read
     with contextlib.ExitStack() as stack:
         stops = stack.enter_context(interrupts.catch())
-        if locked and primary:  # the checks read the folder: no other writer meanwhile
-            stack.enter_context(run_lock(workdir))
+        if locked:  # the checks read the folder: no other writer meanwhile
+            _all_begin(workdir, lambda: stack.enter_context(run_lock(workdir)) if primary else None)
         _check_workdir(workdir, config, resume)
         data = prepare_data(config, data_dir, manual_dir)
         stops.check()
@@ -462,17 +462,15 @@ def train_and_evaluate(config: TrainConfig, workdir, *, model_fn=None, objective
             state = state._replace(params=trainer.place(initial_params(config, trainer)))
         check_writable(workdir, _bytes_needed(config, state))
         stops.check()  # the last point at which nothing has been written
-        refused = None
-        if not locked and primary:  # a new folder, made only now that every check has passed
-            workdir.mkdir(parents=True, exist_ok=True)
-            try:
-                stack.enter_context(run_lock(workdir))
-                _check_workdir(workdir, config, resume)  # another run may have begun here
-            except RunError as error:
-                refused = error
-        if not all(distributed.gather(refused is None)):  # every process begins, or none
-            raise refused or RunError(f"process 0 could not begin the run in {workdir}: "
-                                      "its output says why")
+        if not locked:  # a new folder, made only now that every check has passed
+
+            def begin():
+                if primary:
+                    workdir.mkdir(parents=True, exist_ok=True)
+                    stack.enter_context(run_lock(workdir))
+                    _check_workdir(workdir, config, resume)  # another run may have begun here
+
+            _all_begin(workdir, begin)
         stops.workdir = workdir
         try:
             return _train(config, workdir, data, trainer, state, resume, progress, stepwise,
@@ -483,6 +481,19 @@ def train_and_evaluate(config: TrainConfig, workdir, *, model_fn=None, objective
             raise WriteError(f"{_NO_SPACE}: a file of {workdir} could not be written; "
                              f"{_kept(workdir)}. Free some space and continue with --resume"
                              ) from None
+
+
+def _all_begin(workdir, begin) -> None:
+    """Calls `begin()` (process 0's lock and folder); over several processes, all go on or all
+    stop, so that none waits for one that refused."""
+    refused = None
+    try:
+        begin()
+    except RunError as error:
+        refused = error
+    if not all(distributed.gather(refused is None)):
+        raise refused or RunError(f"process 0 could not begin the run in {workdir}: "
+                                  "its output says why")
 
 
 def _kept(workdir) -> str:

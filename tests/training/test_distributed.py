@@ -12,7 +12,7 @@ import jax
 import numpy as np
 import pytest
 
-from vaejax.train import load_run
+from vaejax.train import load_run, run_lock
 
 SMALL = ["--hidden", "64", "--latent-dim", "4", "--batch-size", "100", "--devices", "4",
          "--no-progress"]
@@ -95,9 +95,17 @@ def test_bad_launches_fail_in_one_line(tmp_path):
     port = _port()  # nothing listens there
     alone = _train("--workdir", str(tmp_path / "a"), "--coordinator", f"127.0.0.1:{port}",
                    "--num-processes", "2", "--process-id", "1", "--process-timeout", "1")
-    codes, outs = _finish([alone, *_processes(tmp_path / "b", "--devices", "6",
-                                                   counts=(2, 3), timeout=20)])
-    assert codes == [2, 2, 2], [o[1][-2000:] for o in outs]
+    (tmp_path / "c").mkdir()
+    with run_lock(tmp_path / "c"):  # another run holds the folder: process 0 cannot lock it
+        codes, outs = _finish([alone, *_processes(tmp_path / "b", "--devices", "6",
+                                                       counts=(2, 3), timeout=20),
+                               *_processes(tmp_path / "c")])
+    assert codes == [2] * 5, [o[1][-2000:] for o in outs]
+    assert "is in use by process" in outs[3][1]
+    assert outs[4][1].strip().splitlines()[-1] == (
+        f"vaejax train: error: process 0 could not begin the run in {tmp_path / 'c'}: its "
+        "output says why")
+    outs = outs[:3]
     assert outs[0][1].strip().splitlines()[-1] == (
         f"vaejax train: error: no coordinator answers at 127.0.0.1:{port} within 1 s: start "
         "process 0 with the same --coordinator")
@@ -106,6 +114,7 @@ def test_bad_launches_fail_in_one_line(tmp_path):
             "vaejax train: error: the processes were given different --num-processes (2, 3); "
             "the coordinator runs 2")
     assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
+    assert os.listdir(tmp_path / "c") == [".lock"]
 
 
 @pytest.mark.parametrize("flags, message", [
