@@ -6,7 +6,9 @@ every process; process 0 writes the run folder. A process that dies ends the oth
 the heartbeat timeout (JAX's coordination service stops them).
 """
 
+import signal
 import socket
+import threading
 import time
 
 import numpy as np
@@ -94,6 +96,7 @@ def initialize(coordinator=None, num_processes=None, process_id=None, *,
             _wait_for(coordinator, timeout)
     _host_devices(devices // processes)
     import jax
+    sigterm = signal.getsignal(signal.SIGTERM)
     try:
         jax.distributed.initialize(coordinator, num_processes, process_id,
                                    initialization_timeout=int(timeout),
@@ -101,6 +104,10 @@ def initialize(coordinator=None, num_processes=None, process_id=None, *,
     except (RuntimeError, ValueError) as error:
         raise ConfigError(f"jax.distributed could not start: {str(error).splitlines()[0]}"
                           ) from None
+    # JAX's preemption notifier takes SIGTERM over; give it back to the handler there was
+    # (vaejax.interrupts during training: every process stops after the same epoch).
+    if sigterm is not None and threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, sigterm)
     count = jax.process_count()
     if num_processes is not None:
         said = _told(num_processes, process_id, count, timeout)

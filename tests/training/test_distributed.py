@@ -3,6 +3,7 @@ process with four devices; a dead process; a kill and a resume; bad launches."""
 
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -69,11 +70,7 @@ def test_two_processes_train_as_one_process_with_four_devices(tmp_path):
 def test_a_dead_process_stops_the_other_and_both_resume(tmp_path):
     run = tmp_path / "run"
     first, second = _processes(run, "--epochs", "200", "--checkpoint-every", "1", timeout=10)
-    integrity = run / "checkpoints" / "integrity.json"
-    deadline = time.monotonic() + 120
-    while not (integrity.exists() and integrity.read_text().strip()):
-        assert time.monotonic() < deadline and first.poll() is None, first.communicate()[1]
-        time.sleep(0.02)
+    integrity = _wait_for_checkpoint(run, first)
     second.kill()
     tic = time.monotonic()
     _, err = first.communicate(timeout=120)
@@ -89,6 +86,32 @@ def test_a_dead_process_stops_the_other_and_both_resume(tmp_path):
     codes, outs = _finish([reference, *resumed])
     assert codes == [0, 0, 0], [o[1][-2000:] for o in outs]
     assert _largest_difference(tmp_path / "one", run) < 1e-5
+
+
+def _wait_for_checkpoint(run, process):
+    integrity = run / "checkpoints" / "integrity.json"
+    deadline = time.monotonic() + 120
+    while not (integrity.exists() and integrity.read_text().strip()):
+        assert time.monotonic() < deadline and process.poll() is None, process.communicate()[1]
+        time.sleep(0.02)
+    return integrity
+
+
+def test_a_signal_to_one_process_stops_both_after_the_same_epoch(tmp_path):
+    run = tmp_path / "run"
+    first, second = _processes(run, "--epochs", "200", "--checkpoint-every", "50")
+    deadline = time.monotonic() + 120
+    while not (run / "metrics.jsonl").exists() or not (run / "metrics.jsonl").read_text():
+        assert time.monotonic() < deadline and first.poll() is None, first.communicate()[1]
+        time.sleep(0.02)
+    second.send_signal(signal.SIGTERM)
+    codes, outs = _finish([first, second], limit=120)
+    assert codes == [143, 143], [o[1][-2000:] for o in outs]
+    lines = [err.strip().splitlines()[-1] for _, err in outs]
+    assert lines[0] == lines[1] and "interrupted (SIGTERM) after epoch" in lines[0]
+    done = int(lines[0].split("after epoch ")[1].split(";")[0])
+    assert done < 200 and max(map(int, json.loads(
+        (run / "checkpoints" / "integrity.json").read_text()))) == done
 
 
 def test_bad_launches_fail_in_one_line(tmp_path):
