@@ -51,6 +51,15 @@ def _largest_difference(a, b) -> float:
     return max(float(np.max(np.abs(x - y))) for x, y in zip(_params(a), _params(b)))
 
 
+def _written(path, process):
+    """`path` once `process` has written something there (it must not end first)."""
+    deadline = time.monotonic() + 120
+    while not (path.exists() and path.read_text().strip()):
+        assert time.monotonic() < deadline and process.poll() is None, process.communicate()[1]
+        time.sleep(0.02)
+    return path
+
+
 def test_two_processes_train_as_one_process_with_four_devices(tmp_path):
     flags = ["--epochs", "2", "--seeds", "0,1"]  # two models on the vmapped model axis
     one = _train("--workdir", str(tmp_path / "one"), *flags)
@@ -70,7 +79,7 @@ def test_two_processes_train_as_one_process_with_four_devices(tmp_path):
 def test_a_dead_process_stops_the_other_and_both_resume(tmp_path):
     run = tmp_path / "run"
     first, second = _processes(run, "--epochs", "200", "--checkpoint-every", "1", timeout=10)
-    integrity = _wait_for_checkpoint(run, first)
+    integrity = _written(run / "checkpoints" / "integrity.json", first)
     second.kill()
     tic = time.monotonic()
     _, err = first.communicate(timeout=120)
@@ -88,22 +97,10 @@ def test_a_dead_process_stops_the_other_and_both_resume(tmp_path):
     assert _largest_difference(tmp_path / "one", run) < 1e-5
 
 
-def _wait_for_checkpoint(run, process):
-    integrity = run / "checkpoints" / "integrity.json"
-    deadline = time.monotonic() + 120
-    while not (integrity.exists() and integrity.read_text().strip()):
-        assert time.monotonic() < deadline and process.poll() is None, process.communicate()[1]
-        time.sleep(0.02)
-    return integrity
-
-
 def test_a_signal_to_one_process_stops_both_after_the_same_epoch(tmp_path):
     run = tmp_path / "run"
     first, second = _processes(run, "--epochs", "200", "--checkpoint-every", "50")
-    deadline = time.monotonic() + 120
-    while not (run / "metrics.jsonl").exists() or not (run / "metrics.jsonl").read_text():
-        assert time.monotonic() < deadline and first.poll() is None, first.communicate()[1]
-        time.sleep(0.02)
+    _written(run / "metrics.jsonl", first)
     second.send_signal(signal.SIGTERM)
     codes, outs = _finish([first, second], limit=120)
     assert codes == [143, 143], [o[1][-2000:] for o in outs]
