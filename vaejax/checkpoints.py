@@ -161,6 +161,10 @@ class Checkpointer:
         problems = list(damaged.values())
         raise DamagedCheckpointError("; ".join(problems) or "there is no checkpoint")
 
+    def arrays(self, epoch: int, part: str) -> dict[str, np.ndarray]:
+        """{name: array} of the top-level entry `part` of a checkpoint, verified."""
+        return {"/".join(p[1:]): v for p, v in self._read(epoch).items() if p[0] == part}
+
     def restore(self, epoch: int, like, part: str | None = None, skip=()):
         """The state saved at `epoch`, in the structure (and dtypes) of `like`.
 

@@ -149,6 +149,9 @@ def _parser():
                    "(same model; the optimiser starts afresh)")
     t.add_argument("--stepwise", action="store_true",
                    help="one jitted step per host batch instead of whole-epoch programs")
+    t.add_argument("--input", choices=("auto", "memory", "streaming"),
+                   help="streaming: read the training split from storage with Grain per step "
+                   "(stepwise); auto (default): stream only a split that does not fit in memory")
     t.add_argument("--no-progress", action="store_true")
     t.add_argument("--coordinator", help="HOST:PORT of process 0, for one run over several "
                    "processes (jax.distributed); not needed where JAX detects the cluster")
@@ -215,7 +218,8 @@ def _train(args):
     summary = train_and_evaluate(config, workdir, resume=given.get("resume", False),
                                  data_dir=given.get("data_dir"), manual_dir=given.get("manual_dir"),
                                  progress=not given.get("no_progress"),
-                                 stepwise=given.get("stepwise", False))
+                                 stepwise=given.get("stepwise", False),
+                                 input=given.get("input", "auto"))
     if not is_primary():
         return
     for m in summary["models"]:

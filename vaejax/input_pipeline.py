@@ -208,17 +208,24 @@ def load(name: str, *, binarization: str = "none", data_dir: str | None = None,
     """
     _check_name(name)
     _check_binarization(binarization)
-    train = load_split(name, "train", data_dir=data_dir, manual_dir=manual_dir)
-    test = load_split(name, "test", data_dir=data_dir, manual_dir=manual_dir)
-    if binarization == "static":
-        train, test = _binarize(train), _binarize(test)
-    elif binarization in ("dynamic", "dequantize"):
-        import jax
-        draws = binarize_batch(jax.random.PRNGKey(DYNAMIC_TEST_SEED), test.images, binarization,
-                               LEVELS[name])
-        test = Split(np.asarray(draws, np.float32), test.labels)
+    train, test = (treated(name, split, binarization,
+                           load_split(name, split, data_dir=data_dir, manual_dir=manual_dir))
+                   for split in ("train", "test"))
     is_binary = name == "binarized_mnist" or binarization == "static"
     return Dataset(name, train, test, is_binary)
+
+
+def treated(name: str, split_name: str, binarization: str, split: Split) -> Split:
+    """A split as `load` returns it: thresholded under "static"; a test split drawn once
+    with DYNAMIC_TEST_SEED under "dynamic" and "dequantize"."""
+    if binarization == "static":
+        return _binarize(split)
+    if split_name == "test" and binarization in ("dynamic", "dequantize"):
+        import jax
+        draws = binarize_batch(jax.random.PRNGKey(DYNAMIC_TEST_SEED), split.images, binarization,
+                               LEVELS[name])
+        return Split(np.asarray(draws, np.float32), split.labels)
+    return split
 
 
 def binarize_batch(key, x, binarization: str, levels: int = 256):
@@ -288,8 +295,50 @@ def _load_digits(split: str) -> tuple[np.ndarray, np.ndarray]:
 
 def _load_tfds(name: str, split: str, data_dir: str | None,
                manual_dir: str | None) -> tuple[np.ndarray, np.ndarray | None]:
-    """Reads a TFDS split, preparing the data set from the manual folder first
-    if data_dir does not hold it yet."""
+    """Reads a TFDS split whole."""
+    tfds, builder = _prepared_builder(name, data_dir, manual_dir)
+    with _quiet(tfds):
+        arrays = tfds.as_numpy(builder.as_dataset(split=split, batch_size=-1))
+    images = arrays["image"].astype(np.float32) / np.float32(
+        _TFDS_SOURCES[name].divisor)
+    labels = arrays.get("label")
+    return images, None if labels is None else labels.astype(np.int32)
+
+
+def split_shape(name: str, split: str, *, data_dir: str | None = None,
+                manual_dir: str | None = None) -> tuple[int, ...]:
+    """(N, H, W, C) of a split, without reading its images (TFDS's record of the set)."""
+    _check_name(name)
+    _check_split(name, split)
+    if name == "digits":
+        return load_split(name, split).images.shape
+    _, builder = _prepared_builder(name, data_dir, manual_dir)
+    return (builder.info.splits[split].num_examples, *builder.info.features["image"].shape)
+
+
+def stored_batches(name: str, split: str, *, data_dir: str | None = None,
+                   manual_dir: str | None = None, batch_size: int = 10_000):
+    """(image shape, divisor, iterator of (uint8 levels (n, H, W, C), int32 labels or None)):
+    a TFDS split read in batches, for writing it elsewhere with bounded memory."""
+    _check_name(name)
+    _check_split(name, split)
+    if name == "digits":
+        raise DataError("digits is held in memory; it has no stored batches")
+    tfds, builder = _prepared_builder(name, data_dir, manual_dir)
+    shape = tuple(builder.info.features["image"].shape)
+
+    def read():
+        with _quiet(tfds):
+            for arrays in tfds.as_numpy(builder.as_dataset(split=split, batch_size=batch_size)):
+                labels = arrays.get("label")
+                yield arrays["image"], None if labels is None else labels.astype(np.int32)
+
+    return shape, _TFDS_SOURCES[name].divisor, read()
+
+
+def _prepared_builder(name: str, data_dir: str | None, manual_dir: str | None):
+    """(tfds, the data set's builder), preparing the data set from the manual folder first if
+    data_dir does not hold it yet."""
     _require_tfds(name)
     root = _data_dir(data_dir)
     # Checked before importing TensorFlow (several seconds) so that missing
@@ -302,11 +351,7 @@ def _load_tfds(name: str, split: str, data_dir: str | None,
         if not builder.is_prepared():
             _prepare(tfds, builder, name,
                      folder or _manual_folder(name, manual_dir, root))
-        arrays = tfds.as_numpy(builder.as_dataset(split=split, batch_size=-1))
-    images = arrays["image"].astype(np.float32) / np.float32(
-        _TFDS_SOURCES[name].divisor)
-    labels = arrays.get("label")
-    return images, None if labels is None else labels.astype(np.int32)
+    return tfds, builder
 
 
 def _data_dir(data_dir: str | None) -> Path:

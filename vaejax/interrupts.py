@@ -20,12 +20,13 @@ class Interrupted(KeyboardInterrupt):
     """Training stopped by a signal.
 
     `workdir` is None when it stopped before writing anything; `epoch` is the
-    last one checkpointed (0: none yet; None: not known).
+    last one checkpointed (0: none yet; None: not known), or with `steps` the one
+    checkpointed within, after that many of its steps.
     """
 
-    def __init__(self, signum: int, epoch: int | None = None, workdir=None):
+    def __init__(self, signum: int, epoch: int | None = None, workdir=None, steps=None):
         super().__init__(signum, epoch, workdir)
-        self.signum, self.epoch, self.workdir = signum, epoch, workdir
+        self.signum, self.epoch, self.workdir, self.steps = signum, epoch, workdir, steps
 
     @property
     def exit_code(self) -> int:
@@ -37,6 +38,8 @@ class Interrupted(KeyboardInterrupt):
         if self.workdir is None:
             return f"interrupted ({name}) before training began; nothing was written"
         when = {None: "", 0: " before the first epoch"}.get(self.epoch, f" after epoch {self.epoch}")
+        if self.steps is not None:
+            when = f" after step {self.steps} of epoch {self.epoch}"
         return f"interrupted ({name}){when}; continue with --resume --workdir {self.workdir}"
 
 
@@ -50,10 +53,11 @@ class _Stops:
         self.deferred = False  # a second signal came during a write: stop when it is done
         self.workdir = None  # the run folder, once training writes it
         self.epoch = None  # the run's latest checkpoint
+        self.steps = None  # with it a checkpoint within `epoch`, after this many steps
         self.exit_at_once = None  # `(Interrupted) -> NoReturn`: ends the process (the CLI)
 
     def interrupted(self) -> Interrupted:
-        return Interrupted(self.signum, self.epoch, self.workdir)
+        return Interrupted(self.signum, self.epoch, self.workdir, self.steps)
 
     def handle(self, signum, frame):
         if self.signum is None:

@@ -28,7 +28,7 @@ import jax
 import numpy as np
 
 import vaejax
-from vaejax import distributed, input_pipeline, interrupts, models, objectives
+from vaejax import distributed, input_pipeline, interrupts, models, objectives, streaming
 from vaejax.checkpoints import Checkpointer, DamagedCheckpointError
 from vaejax.config import ConfigError, TrainConfig, validate
 from vaejax.objectives import Batch
@@ -229,31 +229,68 @@ def recorded_config(config: TrainConfig, model_fn=None, objective=None, optimize
 
 
 class RunData(NamedTuple):
-    """Images (N, H, W, C) in [0, 1] and labels (None where the data set has none)."""
+    """Images (N, H, W, C) in [0, 1] and labels (None where the data set has none); under
+    streaming input `train` is a `vaejax.streaming.Stream` (with its labels), read per step."""
 
-    train: np.ndarray
+    train: np.ndarray | streaming.Stream
     test: np.ndarray
     train_labels: np.ndarray | None
     test_labels: np.ndarray | None
 
-    def train_batch(self) -> Batch:
+    def train_batch(self) -> Batch | streaming.Stream:
+        if isinstance(self.train, streaming.Stream):
+            return self.train._replace(labels=self.train_labels)
         return Batch(self.train, self.train_labels)
 
     def test_batch(self) -> Batch:
         return Batch(self.test, self.test_labels)
 
 
-def prepare_data(config: TrainConfig, data_dir=None, manual_dir=None) -> RunData:
-    """Loads the data set, binarized as the config says, and checks it against the config."""
-    data = input_pipeline.load(config.dataset, binarization=config.binarization,
-                               data_dir=data_dir, manual_dir=manual_dir)
-    if config.batch_size > data.train.images.shape[0]:
+INPUTS = ("auto", "memory", "streaming")
+
+
+def prepare_data(config: TrainConfig, data_dir=None, manual_dir=None, input="memory") -> RunData:
+    """Loads the data set, binarized as the config says, and checks it against the config.
+
+    input "streaming" leaves the training split in storage (ArrayRecord, read by Grain per
+    step); "auto" chooses it when the split does not fit in memory (`fits_in_memory`).
+    """
+    if input not in INPUTS:
+        raise ConfigError(f"input must be one of {', '.join(INPUTS)}, got {input!r}")
+    name, binarization = config.dataset, config.binarization
+    if input == "auto":
+        shape = input_pipeline.split_shape(name, "train", data_dir=data_dir, manual_dir=manual_dir)
+        input = "memory" if name == "digits" or fits_in_memory(shape, config) else "streaming"
+    if input == "memory" or name == "digits":  # digits: Grain reads the in-memory arrays
+        data = input_pipeline.load(name, binarization=binarization, data_dir=data_dir,
+                                   manual_dir=manual_dir)
+        train, train_labels = data.train.images, data.train.labels
+        if input == "streaming":
+            train = streaming.in_memory(Batch(train))
+        test = data.test
+    else:
+        train = streaming.prepared(name, threshold=binarization == "static", data_dir=data_dir,
+                                   manual_dir=manual_dir)
+        train_labels = train.labels
+        test = input_pipeline.treated(name, "test", binarization, input_pipeline.load_split(
+            name, "test", data_dir=data_dir, manual_dir=manual_dir))
+    if config.batch_size > train.shape[0]:
         raise ConfigError(f"batch size {config.batch_size} is larger than the "
-                          f"{data.train.images.shape[0]} training examples of {config.dataset}")
-    train_labels = data.train.labels
+                          f"{train.shape[0]} training examples of {name}")
     if config.labels is not None:
-        train_labels = keep_labels(config.dataset, train_labels, config.labels, config.label_seed)
-    return RunData(data.train.images, data.test.images, train_labels, data.test.labels)
+        train_labels = keep_labels(name, train_labels, config.labels, config.label_seed)
+    return RunData(train, test.images, train_labels, test.labels)
+
+
+def fits_in_memory(shape, config: TrainConfig) -> bool:
+    """Whether a float32 training split of `shape` fits in half of the memory it would take:
+    a host copy plus one per device (on CPU all in host memory), or a device's own."""
+    need = 4 * math.prod(shape)
+    host = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_AVPHYS_PAGES")
+    stats = jax.local_devices()[0].memory_stats() or {}
+    if jax.default_backend() == "cpu" or "bytes_limit" not in stats:
+        return need * (1 + min(config.devices, jax.local_device_count())) <= host / 2
+    return need <= stats["bytes_limit"] / 2 and need <= host / 2
 
 
 def keep_labels(dataset: str, labels, count: int, seed: int) -> np.ndarray:
@@ -403,7 +440,8 @@ def update_summary(workdir, per_model: dict[str, list], extra: dict) -> dict:
 def train_and_evaluate(config: TrainConfig, workdir, *, model_fn=None, objective=None,
                        optimizer=None, schedules=None, evaluation=None, resume: bool = False,
                        data_dir=None,
-                       manual_dir=None, progress: bool = True, stepwise: bool = False) -> dict:
+                       manual_dir=None, progress: bool = True, stepwise: bool = False,
+                       input: str = "auto") -> dict:
     """Trains the config's models, writes the run folder, returns the summary.
 
     Every check (config, data, devices, run folder) runs before anything is
@@ -430,6 +468,9 @@ def train_and_evaluate(config: TrainConfig, workdir, *, model_fn=None, objective
       manual_dir: folder holding the TFDS download files, one sub-folder per data set.
       progress: show a progress bar.
       stepwise: train with one jitted step per host batch instead of whole-epoch scans.
+      input: "memory" holds the data set in memory; "streaming" reads the training split
+        from storage with Grain as each step needs it (stepwise, the same batches in the same
+        order); "auto" streams only a split that does not fit. summary.json says which.
 
     Returns:
       the contents of summary.json.
@@ -447,7 +488,7 @@ def train_and_evaluate(config: TrainConfig, workdir, *, model_fn=None, objective
         if locked:  # the checks read the folder: no other writer meanwhile
             _all_begin(workdir, lambda: stack.enter_context(run_lock(workdir)) if primary else None)
         _check_workdir(workdir, config, resume)
-        data = prepare_data(config, data_dir, manual_dir)
+        data = prepare_data(config, data_dir, manual_dir, input)
         stops.check()
         trainer = Trainer(config, data.train.shape[1:], data.train.shape[0], model_fn=model_fn,
                           objective=objective, optimizer=optimizer, schedules=schedules,
@@ -511,11 +552,19 @@ def _train(config, workdir, data, trainer, state, resume, progress, stepwise, st
         write_json(workdir / "data.json", {"image_shape": list(train.shape[1:]),
                                            "num_train": train.shape[0], "num_test": test.shape[0],
                                            "has_labels": data.train_labels is not None})
+    train_batch, test_device = data.train_batch(), trainer.place(data.test_batch())
+    streamed = isinstance(train_batch, streaming.Stream)
+    stepwise = stepwise or streamed
     checkpointer = Checkpointer(str(workdir / "checkpoints"), writer=True)
-    records = []
+    records, in_epoch = [], None
     if resume and checkpointer.epochs():
         start, state = _restore_latest(checkpointer, workdir, state, discard_damaged=True)
         state = trainer.place(state)
+    if resume and stepwise and (workdir / IN_EPOCH).is_dir():
+        in_epoch = _restore_in_epoch(workdir, trainer, state, start)
+        if in_epoch is not None:
+            start, state = in_epoch[0] - 1, in_epoch[1]
+    if resume:
         records = [r for r in read_metrics(workdir) if r["epoch"] <= start]
         if primary:
             _report_gaps(workdir, records, config.num_models, start)
@@ -524,8 +573,7 @@ def _train(config, workdir, data, trainer, state, resume, progress, stepwise, st
     if primary:
         metrics_path.write_text("".join(json.dumps(r) + "\n" for r in records))
 
-    train_batch = data.train_batch()
-    train_device, test_device = trainer.place(train_batch), trainer.place(data.test_batch())
+    train_device = None if stepwise else trainer.place(train_batch)
     progress = progress and primary
     bar = _progress(range(start, config.epochs), progress)
     examples = config.num_models * trainer.steps_per_epoch * config.batch_size
@@ -537,7 +585,15 @@ def _train(config, workdir, data, trainer, state, resume, progress, stepwise, st
                 break
             tic = time.perf_counter()
             if stepwise:
-                new_state, metrics = trainer.train_epoch_stepwise(state, train_batch, epoch)
+                new_state, metrics, position = _stepwise_epoch(
+                    trainer, state, train_batch, epoch, in_epoch if epoch == start else None,
+                    stops)
+                if position is not None:  # stopped within the epoch: keep the steps taken
+                    with stops.writing_files():
+                        _save_in_epoch(workdir, epoch + 1, new_state, metrics, position)
+                        checkpointer.close()
+                        stops.epoch, stops.steps = epoch + 1, streaming.next_index_of(position)
+                    stops.check()
             else:
                 new_state, metrics = trainer.train_epoch(state, train_device, epoch)
             metrics = jax.device_get(metrics)
@@ -555,6 +611,8 @@ def _train(config, workdir, data, trainer, state, resume, progress, stepwise, st
                 board.scalars(epoch_records)
                 if done % config.checkpoint_every == 0 or done == config.epochs:
                     checkpointer.save(done, state)
+                if primary and (workdir / IN_EPOCH).exists():  # the epoch it was within is done
+                    shutil.rmtree(workdir / IN_EPOCH)
                     stops.epoch = done
             if progress:
                 key = headline(epoch_records[0])
@@ -569,6 +627,7 @@ def _train(config, workdir, data, trainer, state, resume, progress, stepwise, st
             stops.check()
     checkpointer.close()
     summary = _summary(config, trainer, records, config.epochs)
+    summary.update(input="streaming" if streamed else "memory", stepwise=stepwise)
     if not primary:
         return summary
     write_json(workdir / "summary.json", summary)
@@ -580,6 +639,57 @@ def _train(config, workdir, data, trainer, state, resume, progress, stepwise, st
         board.images(grids, config.epochs)
     stops.check()  # a signal during the figures: the run is whole, but the caller asked to stop
     return summary
+
+
+IN_EPOCH = "checkpoints_in_epoch"  # a stepwise epoch stopped by a signal, to continue within it
+
+
+def _stepwise_epoch(trainer, state, train, epoch, resumed, stops):
+    """(state, metrics, position) of an epoch step by step, continued from `resumed` (epoch,
+    state, steps' metrics, position) where given. A signal to any process stops it after the
+    step in flight; position is then Grain's iterator state (None when the epoch is done)."""
+    history, position = [], None
+    if resumed is not None:
+        _, state, taken, position = resumed
+        history = [{k: v[:, j] for k, v in taken.items()}
+                   for j in range(streaming.next_index_of(position))]
+    for i, state, metrics, position in trainer.steps(state, train, epoch, position):
+        history.append(metrics)
+        if i + 1 < trainer.steps_per_epoch and distributed.agreed_stop(stops):
+            break
+    else:
+        position = None
+    history = jax.device_get(history)
+    return state, jax.tree.map(lambda *xs: np.stack(xs, axis=1), *history), position
+
+
+def _save_in_epoch(workdir, epoch, state, metrics, position) -> None:
+    """Checkpoints a stepwise epoch stopped within: the state, the steps' metrics, and Grain's
+    iterator state (orbax step = the epoch it is within)."""
+    checkpointer = Checkpointer(str(workdir / IN_EPOCH), max_to_keep=1, writer=True)
+    checkpointer.save(epoch, {"state": state, "metrics": metrics,
+                              "position": {k: np.int64(v) for k, v in position.items()}})
+    checkpointer.close()
+
+
+def _restore_in_epoch(workdir, trainer, like, start):
+    """(epoch, state, steps' metrics, position) of the checkpoint within an epoch after `start`;
+    None if there is none (or it is damaged: the epoch is then trained again from its start)."""
+    checkpointer = Checkpointer(str(workdir / IN_EPOCH))
+    try:
+        epoch = checkpointer.latest_epoch()
+        if epoch is None or epoch <= start:
+            return None
+        try:
+            return (epoch, trainer.place(checkpointer.restore(epoch, like, part="state")),
+                    checkpointer.arrays(epoch, "metrics"),
+                    {k: int(v) for k, v in checkpointer.arrays(epoch, "position").items()})
+        except (DamagedCheckpointError, ValueError) as error:
+            print(f"vaejax: {error}; epoch {epoch} is trained again from its start",
+                  file=sys.stderr)
+            return None
+    finally:
+        checkpointer.close()
 
 
 def _check_test_keys(workdir, trainer, state, data, records) -> None:

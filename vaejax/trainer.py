@@ -19,10 +19,10 @@ import optax
 from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec
 
-from vaejax import models, objectives, schedules as schedules_lib
+from vaejax import models, objectives, schedules as schedules_lib, streaming
 from vaejax.config import TrainConfig
 from vaejax.input_pipeline import LEVELS, binarize_batch
-from vaejax.objectives import as_batch
+from vaejax.objectives import Batch, as_batch
 
 
 class TrainState(NamedTuple):
@@ -193,27 +193,48 @@ class Trainer:
 
         return jax.lax.scan(body, state, self.batch_plan(state.key, data.x.shape[0], epoch))
 
-    def host_batch(self, data, rows: np.ndarray):
-        """The examples `rows` (K, B) of host arrays, on the devices: over a mesh, each device
-        gets only its share of the B examples, copied by the process it belongs to."""
+    def local_columns(self) -> np.ndarray:
+        """The columns of every batch that this process's devices hold (all, in one process)."""
+        b = self.config.batch_size
         if self.mesh is None:
-            return jax.device_put(jax.tree.map(lambda t: t[rows], data))
+            return np.arange(b)
+        per = b // self.config.devices
+        return np.concatenate([np.arange(i * per, (i + 1) * per)
+                               for i, d in enumerate(self.mesh.devices.flat)
+                               if d.process_index == jax.process_index()])
+
+    def device_batch(self, local: Batch) -> Batch:
+        """A host batch of this process's columns (K, b, ...) on the devices; over a mesh, the
+        global (K, B, ...) array that every process contributes its columns to."""
+        if self.mesh is None:
+            return jax.device_put(local)
         sharding = NamedSharding(self.mesh, PartitionSpec(None, "data"))
-        return jax.tree.map(lambda t: jax.make_array_from_callback(
-            (*rows.shape, *t.shape[1:]), sharding, lambda index: t[rows[index[:2]]]), data)
+        return jax.tree.map(lambda t: jax.make_array_from_process_local_data(
+            sharding, t, (t.shape[0], self.config.batch_size, *t.shape[2:])), local)
+
+    def steps(self, state: TrainState, data, epoch: int, position: dict | None = None):
+        """The steps of `train_epoch`, one jitted step per batch that Grain reads: yields
+        (step index, state, metrics, Grain's iterator state after it) for each step.
+
+        `data`: host arrays (a Batch), or a `vaejax.streaming.Stream` read from storage as
+        the steps need it; each process reads only its own columns of every batch.
+        `position`: an iterator state yielded before, to continue the epoch from there.
+        """
+        stream = data if isinstance(data, streaming.Stream) else streaming.in_memory(as_batch(data))
+        plan = jax.vmap(self.batch_plan, in_axes=(0, None, None))
+        order, keys = jax.device_get(plan(state.key, stream.shape[0], epoch))
+        batches = streaming.batches(stream, order[..., self.local_columns()])
+        if position is not None:
+            batches.set_state(position)
+        for i in range(streaming.next_index_of(batches.get_state()), self.steps_per_epoch):
+            state, metrics = self.train_step(state, self.device_batch(next(batches)),
+                                             self.place(keys[:, i]))
+            yield i, state, metrics, batches.get_state()
 
     def train_epoch_stepwise(self, state: TrainState, data, epoch: int):
-        """The same epoch as `train_epoch`, one jitted step per host batch.
-
-        For data too large for the device: each batch is copied from host memory.
-        """
-        data = jax.tree.map(np.asarray, as_batch(data))
-        plan = jax.vmap(self.batch_plan, in_axes=(0, None, None))
-        order, keys = jax.device_get(plan(state.key, data.x.shape[0], epoch))
+        """The same epoch as `train_epoch`, one jitted step per batch (see `steps`)."""
         history = []
-        for i in range(self.steps_per_epoch):
-            batch = self.host_batch(data, order[:, i])
-            state, metrics = self.train_step(state, batch, self.place(keys[:, i]))
+        for _, state, metrics, _ in self.steps(state, data, epoch):
             history.append(metrics)
         return state, jax.tree.map(lambda *xs: jnp.stack(xs, axis=1), *history)
 
