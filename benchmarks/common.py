@@ -9,6 +9,7 @@ import math
 import os
 import platform
 import resource
+import socket
 import statistics
 import subprocess
 import sys
@@ -189,6 +190,26 @@ def _load_mnist_in_child():
             return None, f"MNIST unavailable: {lines[-1] if lines else 'loader failed'}"
         train, test = (np.load(f"{folder}/{name}.npy").astype(np.float32) for name in ("train", "test"))
     return (train, test), None
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def train_summary(flags: list[str], launch: list[list[str]] = ((),), env=None) -> dict:
+    """summary.json of one `vaejax train` run (no progress bar) in a temporary folder, over as
+    many processes as `launch` gives extra flags (process 0's summary)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        runs = [subprocess.Popen([sys.executable, "-m", "vaejax", "train", *flags, "--workdir",
+                                  tmp, "--no-progress", *extra], env=env,
+                                 stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+                for extra in launch]
+        errors = [run.communicate()[1] for run in runs]
+        if any(run.returncode for run in runs):
+            raise SystemExit(f"a run failed: {errors[0][-2000:]}")
+        return json.loads((Path(tmp) / "summary.json").read_text())
 
 
 def print_table(title: str, header: list[str], rows: list[list]) -> None:

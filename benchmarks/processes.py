@@ -14,39 +14,21 @@ between them through gloo, so expect < 1 here; on a cluster each process has its
 import argparse
 import json
 import os
-import socket
-import subprocess
-import sys
-import tempfile
 from pathlib import Path
 
-from common import emit, machine_info, print_table
-
-
-def _port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from common import emit, free_port, machine_info, print_table, train_summary
 
 
 def throughput(flags: list[str], devices: int, processes: int) -> float:
     """train_examples_per_second of one run over `processes` processes sharing `devices`."""
+    launch = [[]]
+    if processes > 1:
+        port = free_port()
+        launch = [["--coordinator", f"127.0.0.1:{port}", "--num-processes", str(processes),
+                   "--process-id", str(i)] for i in range(processes)]
     env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"} | {"JAX_PLATFORMS": "cpu"}
-    with tempfile.TemporaryDirectory() as tmp:
-        launch = []
-        if processes > 1:
-            port = _port()
-            launch = [["--coordinator", f"127.0.0.1:{port}", "--num-processes", str(processes),
-                       "--process-id", str(i)] for i in range(processes)]
-        runs = [subprocess.Popen([sys.executable, "-m", "vaejax", "train", *flags,
-                                  "--devices", str(devices), "--workdir", tmp, "--no-progress",
-                                  *extra], env=env, stdout=subprocess.DEVNULL,
-                                 stderr=subprocess.PIPE, text=True)
-                for extra in launch or [[]]]
-        errors = [run.communicate()[1] for run in runs]
-        if any(run.returncode for run in runs):
-            raise SystemExit(f"a run failed: {errors[0][-2000:]}")
-        return json.loads((Path(tmp) / "summary.json").read_text())["train_examples_per_second"]
+    summary = train_summary([*flags, "--devices", str(devices)], launch, env)
+    return summary["train_examples_per_second"]
 
 
 def main() -> None:

@@ -250,3 +250,12 @@ def test_processes_runs():
     assert row["one_process"] > 0 and row["processes"] > 0
     assert math.isclose(row["scaling_efficiency"], row["processes"] / row["one_process"])
     assert result["num_processes"] == 2 and "efficiency" in table
+
+
+def test_streaming_runs():
+    """The digits train in memory by scan and stepwise, and streamed; the cost is their ratio."""
+    result, table = run_script("streaming", "--tiny")
+    row, = result["rows"]
+    assert all(row[mode] > 0 for mode in ("scan", "stepwise", "streaming"))
+    assert math.isclose(row["streaming_cost"], 1 - row["streaming"] / row["scan"])
+    assert "streaming cost" in table

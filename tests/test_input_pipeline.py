@@ -449,3 +449,20 @@ def test_mnist_static_binarization(mnist):
         np.testing.assert_array_equal(np.unique(split.images), [0.0, 1.0])
         np.testing.assert_array_equal(split.images, grey.images > 0.5)
         np.testing.assert_array_equal(split.labels, grey.labels)
+
+
+@needs_shared_data
+def test_mnist_streamed_from_array_record_equals_loaded(mnist, tfds_data_dir, preparing):
+    dataset, binary = mnist
+    from vaejax import streaming
+
+    with preparing("mnist-array_record"):
+        grey = streaming.prepared("mnist", data_dir=tfds_data_dir)
+    again = streaming.prepared("mnist", threshold=True, data_dir=tfds_data_dir)  # written once
+    assert grey.shape == dataset.train.images.shape and grey.divisor == 255.0
+    rows = np.random.default_rng(0).permutation(60000).reshape(2, 300, 100)  # every example
+    for stream, split in ((grey, dataset.train), (again, binary.train)):
+        read = stream.read(rows)
+        np.testing.assert_array_equal(read.x, split.images[rows])
+        np.testing.assert_array_equal(read.y, split.labels[rows])
+    np.testing.assert_array_equal(grey.labels, dataset.train.labels)

@@ -97,29 +97,44 @@ def write_split(path, batches, image_shape, divisor: float = 255.0) -> None:
     # Each file is written under a name of this process's and renamed into place: processes
     # preparing one split at once each leave it whole.
     tmp = lambda p: p.with_name(f"{p.name}.tmp-{os.getpid()}")  # noqa: E731
+    meta, labels_path = path.with_suffix(".json"), _labels_path(path)
     writer, count, labels = ArrayRecordWriter(os.fspath(tmp(path)), _RECORD_OPTIONS), 0, []
     try:
-        for images, batch_labels in batches:
-            images = np.ascontiguousarray(images, np.uint8)
-            if images.shape[1:] != tuple(image_shape):
-                raise ValueError(f"images of shape {images.shape[1:]} in a file of "
-                                 f"{tuple(image_shape)}")
-            for image in images:
-                writer.write(image.tobytes())
-            count += len(images)
-            if batch_labels is not None:
-                labels.append(np.asarray(batch_labels, np.int32))
-    finally:
-        writer.close()
+        try:
+            for images, batch_labels in batches:
+                _check_batch(images, batch_labels, image_shape)
+                for image in images:
+                    writer.write(image.tobytes())
+                count += len(images)
+                if batch_labels is not None:
+                    labels.append(np.asarray(batch_labels, np.int32))
+        finally:
+            writer.close()
+        if labels and sum(map(len, labels)) != count:
+            raise ValueError("write_split needs labels with every batch or with none")
+        if labels:
+            with open(tmp(labels_path), "wb") as f:
+                np.save(f, np.concatenate(labels))
+        tmp(meta).write_text(json.dumps({"image_shape": list(image_shape), "count": count,
+                                         "divisor": divisor}))
+    except BaseException:
+        for p in (path, labels_path, meta):
+            tmp(p).unlink(missing_ok=True)
+        raise
     os.replace(tmp(path), path)
     if labels:
-        with open(tmp(_labels_path(path)), "wb") as f:
-            np.save(f, np.concatenate(labels))
-        os.replace(tmp(_labels_path(path)), _labels_path(path))
-    meta = path.with_suffix(".json")
-    tmp(meta).write_text(json.dumps({"image_shape": list(image_shape), "count": count,
-                                     "divisor": divisor}))
+        os.replace(tmp(labels_path), labels_path)
     os.replace(tmp(meta), meta)
+
+
+def _check_batch(images, labels, image_shape) -> None:
+    if not isinstance(images, np.ndarray) or images.dtype != np.uint8:
+        raise ValueError(f"write_split stores uint8 levels, got {getattr(images, 'dtype', type(images))}"
+                         " images (map them onto 0..255 first, and pass that divisor)")
+    if images.shape[1:] != tuple(image_shape):
+        raise ValueError(f"images of shape {images.shape[1:]} in a file of {tuple(image_shape)}")
+    if labels is not None and np.shape(labels) != images.shape[:1]:
+        raise ValueError(f"{np.shape(labels)} labels for {len(images)} images")
 
 
 def open_split(path, threshold: bool = False) -> Stream:

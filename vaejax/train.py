@@ -611,9 +611,9 @@ def _train(config, workdir, data, trainer, state, resume, progress, stepwise, st
                 board.scalars(epoch_records)
                 if done % config.checkpoint_every == 0 or done == config.epochs:
                     checkpointer.save(done, state)
+                    stops.epoch = done
                 if primary and (workdir / IN_EPOCH).exists():  # the epoch it was within is done
                     shutil.rmtree(workdir / IN_EPOCH)
-                    stops.epoch = done
             if progress:
                 key = headline(epoch_records[0])
                 bar.set_postfix({key: f"{epoch_records[0][key]:.2f}"},
@@ -647,15 +647,18 @@ IN_EPOCH = "checkpoints_in_epoch"  # a stepwise epoch stopped by a signal, to co
 def _stepwise_epoch(trainer, state, train, epoch, resumed, stops):
     """(state, metrics, position) of an epoch step by step, continued from `resumed` (epoch,
     state, steps' metrics, position) where given. A signal to any process stops it after the
-    step in flight; position is then Grain's iterator state (None when the epoch is done)."""
+    step in flight (over several processes, after the next 16th step); position is then Grain's iterator state (None when the epoch is done)."""
     history, position = [], None
     if resumed is not None:
         _, state, taken, position = resumed
         history = [{k: v[:, j] for k, v in taken.items()}
                    for j in range(streaming.next_index_of(position))]
+    # Over several processes agreeing is a blocking collective: asked every 16 steps only.
+    every = 1 if jax.process_count() == 1 else 16
     for i, state, metrics, position in trainer.steps(state, train, epoch, position):
         history.append(metrics)
-        if i + 1 < trainer.steps_per_epoch and distributed.agreed_stop(stops):
+        if (i + 1) % every == 0 and i + 1 < trainer.steps_per_epoch \
+                and distributed.agreed_stop(stops):
             break
     else:
         position = None

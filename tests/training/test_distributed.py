@@ -90,8 +90,8 @@ def test_a_dead_process_stops_the_other_and_both_resume(tmp_path):
     assert done < 198
     epochs = str(done + 2)
     reference = _train("--workdir", str(tmp_path / "one"), "--epochs", epochs)
-    # Resumed stepwise: each process copies only its own rows of every batch to its devices.
-    resumed = _processes(run, "--resume", "--epochs", epochs, "--stepwise")
+    # Resumed streaming: Grain in each process reads only its own columns of every batch.
+    resumed = _processes(run, "--resume", "--epochs", epochs, "--input", "streaming")
     codes, outs = _finish([reference, *resumed])
     assert codes == [0, 0, 0], [o[1][-2000:] for o in outs]
     assert _largest_difference(tmp_path / "one", run) < 1e-5
@@ -109,6 +109,28 @@ def test_a_signal_to_one_process_stops_both_after_the_same_epoch(tmp_path):
     done = int(lines[0].split("after epoch ")[1].split(";")[0])
     assert done < 200 and max(map(int, json.loads(
         (run / "checkpoints" / "integrity.json").read_text()))) == done
+
+
+def test_a_signal_within_a_streamed_epoch_stops_both_after_the_same_step_and_resumes(tmp_path):
+    # 359 steps an epoch, no checkpoint at its end: the signal lands within an epoch.
+    run, flags = tmp_path / "run", ["--input", "streaming", "--batch-size", "4"]
+    first, second = _processes(run, *flags, "--epochs", "200", "--checkpoint-every", "100")
+    _written(run / "metrics.jsonl", first)
+    time.sleep(0.5)  # past the end of epoch 1, where the processes agree on stopping as well
+    second.send_signal(signal.SIGTERM)
+    codes, outs = _finish([first, second], limit=120)
+    assert codes == [143, 143], [o[1][-2000:] for o in outs]
+    lines = [err.strip().splitlines()[-1] for _, err in outs]
+    assert lines[0] == lines[1] and "interrupted (SIGTERM) after step" in lines[0], lines
+    step, epoch = map(int, lines[0].split("after step ")[1].split(";")[0].split(" of epoch "))
+    assert step % 16 == 0 and (run / "checkpoints_in_epoch" / str(epoch)).is_dir()
+    epochs = str(epoch + 1)
+    reference = _train("--workdir", str(tmp_path / "one"), *flags, "--epochs", epochs)
+    resumed = _processes(run, "--resume", *flags, "--epochs", epochs)
+    codes, outs = _finish([reference, *resumed])
+    assert codes == [0, 0, 0], [o[1][-2000:] for o in outs]
+    assert _largest_difference(tmp_path / "one", run) < 1e-5
+    assert not (run / "checkpoints_in_epoch").exists()
 
 
 def test_bad_launches_fail_in_one_line(tmp_path):

@@ -61,9 +61,19 @@ def test_a_split_cut_short_is_not_read(tmp_path):
     assert not (tmp_path / "x.json").exists()
     with pytest.raises(FileNotFoundError):
         streaming.open_split(tmp_path / "x.array_record")
-    with pytest.raises(ValueError, match="shape"):
-        streaming.write_split(tmp_path / "y.array_record",
-                              [(np.zeros((1, 3, 3, 1), np.uint8), None)], (2, 2, 1))
+    assert list(tmp_path.iterdir()) == []  # nothing half-written
+    bad = {"shape": (np.zeros((1, 3, 3, 1), np.uint8), None),
+           "uint8": (np.zeros((1, 2, 2, 1), np.float32), None),
+           "labels for": (np.zeros((2, 2, 2, 1), np.uint8), np.zeros(3, np.int32))}
+    for message, batch in bad.items():
+        with pytest.raises(ValueError, match=message):
+            streaming.write_split(tmp_path / "y.array_record", [batch], (2, 2, 1))
+    with pytest.raises(ValueError, match="every batch or with none"):
+        streaming.write_split(tmp_path / "y.array_record", [(np.zeros((1, 2, 2, 1), np.uint8),
+                                                             [0]), (np.zeros((1, 2, 2, 1),
+                                                                             np.uint8), None)],
+                              (2, 2, 1))
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_a_streamed_epoch_equals_the_in_memory_epochs(digits_file, small_config):
