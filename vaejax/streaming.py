@@ -6,8 +6,9 @@ or `ArrayRecordImages`, one ArrayRecord record of raw H·W·C bytes per image. F
 sets vaejax writes that file once, batch by batch, beside TFDS's cache (`prepared`).
 
 `batches(stream, rows)` is the Grain pipeline of one epoch: element i reads the examples
-`rows[:, i]` (one row of indices per model), decodes them to float32, thresholds them under
-static binarisation, and Grain's threads read `buffer` batches ahead of the step. The rows
+`rows[:, i]` (one row of indices per model) as stored, and Grain's threads read `buffer`
+batches ahead of the step; the trainer decodes uint8 levels on the device (`Stream.values`),
+thresholding them under static binarisation. The rows
 come from the trainer's seeded per-epoch permutation, so a streamed epoch sees exactly the
 examples, in the order, of the in-memory epoch; over several processes each passes only the
 columns of the batch that its own devices hold.
@@ -17,6 +18,7 @@ from __future__ import annotations
 
 import json
 import os
+import threading
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -24,34 +26,45 @@ import numpy as np
 
 from vaejax.objectives import Batch
 
-_RECORD_OPTIONS = "group_size:1"  # one record per chunk: random access reads one image
+# One uncompressed record per chunk: reading an image decodes nothing else (MNIST: 1.6 µs an
+# image against 2.9 µs brotli-compressed, on 2 Xeon cores).
+_RECORD_OPTIONS = "group_size:1,uncompressed"
+# The batch is one random-access read; Grain's threads are the parallelism.
+_READER_OPTIONS = "readahead_buffer_size:0,max_parallelism:1"
 
 
 class ArrayRecordImages:
     """Images stored one per ArrayRecord record (raw uint8, C-order), indexed like an array.
 
     Only `len`, `shape` and `images[rows]` (an int array of any shape) are offered;
-    each indexing reads just those records.
+    each indexing reads just those records, with one reader per thread.
     """
 
     def __init__(self, path):
-        import grain
-
         self.path = Path(path)
         meta = json.loads(self.path.with_suffix(".json").read_text())
-        self._source = grain.sources.ArrayRecordDataSource([os.fspath(self.path)])
-        self.shape = (len(self._source), *meta["image_shape"])
+        self._local = threading.local()
+        self.shape = (self._reader().num_records(), *meta["image_shape"])
         self.divisor = meta["divisor"]
         if self.shape[0] != meta["count"]:
             raise ValueError(f"{self.path} holds {self.shape[0]} records, its .json says "
                              f"{meta['count']}")
+
+    def _reader(self):
+        if not hasattr(self._local, "reader"):
+            from array_record.python.array_record_module import ArrayRecordReader
+
+            self._local.reader = ArrayRecordReader(os.fspath(self.path), _READER_OPTIONS)
+        return self._local.reader
+
+    dtype = np.dtype(np.uint8)
 
     def __len__(self) -> int:
         return self.shape[0]
 
     def __getitem__(self, rows) -> np.ndarray:
         rows = np.asarray(rows)
-        records = self._source.__getitems__(rows.ravel().tolist())
+        records = self._reader().read(rows.ravel().tolist())
         return np.frombuffer(b"".join(records), np.uint8).reshape(*rows.shape, *self.shape[1:])
 
 
@@ -74,12 +87,27 @@ class Stream(NamedTuple):
     def shape(self) -> tuple[int, ...]:
         return tuple(self.images.shape)
 
+    def stored(self, rows: np.ndarray) -> Batch:
+        """The examples `rows` as stored (uint8 levels, or floats)."""
+        return Batch(self.images[rows], None if self.labels is None else self.labels[rows])
+
+    def decode(self, levels: np.ndarray) -> np.ndarray:
+        """Stored values as the model sees them before per-batch draws (float32)."""
+        x = levels.astype(np.float32) / np.float32(self.divisor)
+        return (x > 0.5).astype(np.float32) if self.threshold else x
+
     def read(self, rows: np.ndarray) -> Batch:
         """The examples `rows` as the model sees them before per-batch draws."""
-        x = self.images[rows].astype(np.float32) / np.float32(self.divisor)
-        if self.threshold:
-            x = (x > 0.5).astype(np.float32)
-        return Batch(x, None if self.labels is None else self.labels[rows])
+        batch = self.stored(rows)
+        return batch._replace(x=self.decode(batch.x))
+
+    def values(self) -> np.ndarray | None:
+        """float32 (256,): what each uint8 level decodes to (None unless stored as uint8).
+        The trainer sends uint8 batches and decodes them on the device with this table, the
+        values `decode` gives bit for bit (XLA's division need not round as numpy's does)."""
+        if self.images.dtype != np.uint8:
+            return None
+        return self.decode(np.arange(256, dtype=np.uint8))
 
 
 def write_split(path, batches, image_shape, divisor: float = 255.0) -> None:
@@ -154,7 +182,7 @@ def in_memory(data: Batch) -> Stream:
     return Stream(np.asarray(data.x), 1.0, None if data.y is None else np.asarray(data.y))
 
 
-def batches(stream: Stream, rows: np.ndarray, *, threads: int = 2, buffer: int = 4):
+def batches(stream: Stream, rows: np.ndarray, *, threads: int = 1, buffer: int = 4):
     """Grain's iterator over one epoch: batch i holds the examples rows[:, i] (rows: (K, S, b)).
 
     `threads` read `buffer` batches ahead. The iterator's `get_state()` is its position
@@ -163,7 +191,7 @@ def batches(stream: Stream, rows: np.ndarray, *, threads: int = 2, buffer: int =
     import grain
 
     rows = np.asarray(rows)
-    dataset = grain.MapDataset.range(rows.shape[1]).map(lambda i: stream.read(rows[:, i]))
+    dataset = grain.MapDataset.range(rows.shape[1]).map(lambda i: stream.stored(rows[:, i]))
     options = grain.ReadOptions(num_threads=threads, prefetch_buffer_size=buffer)
     return iter(dataset.to_iter_dataset(options))
 

@@ -93,6 +93,10 @@ class Trainer:
                                   out_shardings=replicated)
         self.evaluate = jax.jit(self.per_model(self._evaluate, (0, None, None)),
                                 out_shardings=replicated)
+        self._train_stored = jax.jit(self.per_model(self._stored_step, (0, 0, 0, None)),
+                                     donate_argnums=0, out_shardings=replicated)
+        self._plans = jax.jit(jax.vmap(self.batch_plan, in_axes=(0, None, None)),
+                              static_argnums=1)
 
     def _learning_rate(self):
         c = self.config
@@ -176,6 +180,10 @@ class Trainer:
         metrics = dict(metrics, loss=loss, beta=hyper["beta"])
         return TrainState(params, rest, opt_state, carried, state.step + 1, state.key), metrics
 
+    def _stored_step(self, state: TrainState, stored, key, values):
+        """`_step` on a batch of uint8 levels, decoded by the table `values` (256,)."""
+        return self._step(state, stored._replace(x=values[stored.x.astype(jnp.int32)]), key)
+
     def batch_plan(self, key, num_examples: int, epoch):
         """An epoch's batches as index rows (steps, B) and one PRNG key per step."""
         perm_key, step_key = jax.random.split(jax.random.fold_in(streams(key)[1], epoch))
@@ -221,14 +229,16 @@ class Trainer:
         `position`: an iterator state yielded before, to continue the epoch from there.
         """
         stream = data if isinstance(data, streaming.Stream) else streaming.in_memory(as_batch(data))
-        plan = jax.vmap(self.batch_plan, in_axes=(0, None, None))
-        order, keys = jax.device_get(plan(state.key, stream.shape[0], epoch))
+        order, keys = jax.device_get(self._plans(state.key, stream.shape[0], epoch))
         batches = streaming.batches(stream, order[..., self.local_columns()])
         if position is not None:
             batches.set_state(position)
+        values = stream.values()  # uint8 crosses to the device, a quarter of float32's bytes
+        extra = () if values is None else (self.place(values),)
+        step = self.train_step if values is None else self._train_stored
         for i in range(streaming.next_index_of(batches.get_state()), self.steps_per_epoch):
-            state, metrics = self.train_step(state, self.device_batch(next(batches)),
-                                             self.place(keys[:, i]))
+            state, metrics = step(state, self.device_batch(next(batches)), self.place(keys[:, i]),
+                                  *extra)
             yield i, state, metrics, batches.get_state()
 
     def train_epoch_stepwise(self, state: TrainState, data, epoch: int):

@@ -100,6 +100,22 @@ def test_a_streamed_epoch_equals_the_in_memory_epochs(digits_file, small_config)
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.parametrize("threshold", [False, True])
+def test_levels_decoded_on_the_device_train_as_the_host_decodes_them(tmp_path, small_config,
+                                                                     threshold):
+    """256 levels / 255, where XLA's division rounds otherwise than numpy's: the device's
+    table of levels gives the host's values, so the streamed epoch is bitwise the stepwise one."""
+    levels = np.round(input_pipeline.load_split("digits", "train").images * 255).astype(np.uint8)
+    streaming.write_split(tmp_path / "x.array_record", [(levels, None)], levels.shape[1:])
+    stream = streaming.open_split(tmp_path / "x.array_record", threshold=threshold)
+    host = stream.read(np.arange(len(levels))).x
+    trainer = Trainer(small_config, levels.shape[1:], len(levels))
+    (a, ma), (b, mb) = (trainer.train_epoch_stepwise(trainer.init(), data, 0)
+                        for data in (stream, host))
+    for x, y in zip(_leaves(a) + jax.tree.leaves(ma), _leaves(b) + jax.tree.leaves(mb)):
+        np.testing.assert_array_equal(x, y)
+
+
 def test_streaming_input_trains_as_memory_does_and_says_so(tmp_path, small_config):
     streamed = train_and_evaluate(small_config, tmp_path / "s", input="streaming", progress=False)
     stepped = train_and_evaluate(small_config, tmp_path / "m", stepwise=True, progress=False)
