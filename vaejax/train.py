@@ -592,7 +592,7 @@ def _train(config, workdir, data, trainer, state, resume, progress, stepwise, st
                     with stops.writing_files():
                         _save_in_epoch(workdir, epoch + 1, new_state, metrics, position)
                         checkpointer.close()
-                        stops.epoch, stops.steps = epoch + 1, streaming.next_index_of(position)
+                        stops.epoch, stops.steps = epoch + 1, len(jax.tree.leaves(metrics)[0][0])
                     stops.check()
             else:
                 new_state, metrics = trainer.train_epoch(state, train_device, epoch)
@@ -645,25 +645,22 @@ IN_EPOCH = "checkpoints_in_epoch"  # a stepwise epoch stopped by a signal, to co
 
 
 def _stepwise_epoch(trainer, state, train, epoch, resumed, stops):
-    """(state, metrics, position) of an epoch step by step, continued from `resumed` (epoch,
-    state, steps' metrics, position) where given. A signal to any process stops it after the
-    step in flight (over several processes, after the next 16th step); position is then Grain's iterator state (None when the epoch is done)."""
+    """(state, metrics, position) of an epoch in compiled chunks of steps, continued from
+    `resumed` (epoch, state, steps' metrics, position) where given. A signal to any process
+    stops it after the chunk in flight; position is then Grain's iterator state (None when the
+    epoch is done)."""
     history, position = [], None
     if resumed is not None:
         _, state, taken, position = resumed
-        history = [{k: v[:, j] for k, v in taken.items()}
-                   for j in range(streaming.next_index_of(position))]
-    # Over several processes agreeing is a blocking collective: asked every 16 steps only.
-    every = 1 if jax.process_count() == 1 else 16
-    for i, state, metrics, position in trainer.steps(state, train, epoch, position):
+        history = [taken]
+    for done, state, metrics, position in trainer.steps(state, train, epoch, position):
         history.append(metrics)
-        if (i + 1) % every == 0 and i + 1 < trainer.steps_per_epoch \
-                and distributed.agreed_stop(stops):
+        if done < trainer.steps_per_epoch and distributed.agreed_stop(stops):
             break
     else:
         position = None
     history = jax.device_get(history)
-    return state, jax.tree.map(lambda *xs: np.stack(xs, axis=1), *history), position
+    return state, jax.tree.map(lambda *xs: np.concatenate(xs, axis=1), *history), position
 
 
 def _save_in_epoch(workdir, epoch, state, metrics, position) -> None:

@@ -10,6 +10,7 @@ The model, objective, optimizer and schedules are arguments (see
 default they are built from the config.
 """
 
+import math
 from typing import Any, NamedTuple
 
 import jax
@@ -23,6 +24,10 @@ from vaejax import models, objectives, schedules as schedules_lib, streaming
 from vaejax.config import TrainConfig
 from vaejax.input_pipeline import LEVELS, binarize_batch
 from vaejax.objectives import Batch, as_batch
+
+
+CHUNK = 8  # most steps per compiled call of the stepwise and streamed epochs
+CHUNK_BYTES = 4 << 20  # and at most this much input (a larger chunk left the cache: slower)
 
 
 class TrainState(NamedTuple):
@@ -93,8 +98,8 @@ class Trainer:
                                   out_shardings=replicated)
         self.evaluate = jax.jit(self.per_model(self._evaluate, (0, None, None)),
                                 out_shardings=replicated)
-        self._train_stored = jax.jit(self.per_model(self._stored_step, (0, 0, 0, None)),
-                                     donate_argnums=0, out_shardings=replicated)
+        self._train_chunk = jax.jit(self.per_model(self._chunk, (0, 0, 0, None)),
+                                    donate_argnums=0, out_shardings=replicated)
         self._plans = jax.jit(jax.vmap(self.batch_plan, in_axes=(0, None, None)),
                               static_argnums=1)
 
@@ -180,9 +185,16 @@ class Trainer:
         metrics = dict(metrics, loss=loss, beta=hyper["beta"])
         return TrainState(params, rest, opt_state, carried, state.step + 1, state.key), metrics
 
-    def _stored_step(self, state: TrainState, stored, key, values):
-        """`_step` on a batch of uint8 levels, decoded by the table `values` (256,)."""
-        return self._step(state, stored._replace(x=values[stored.x.astype(jnp.int32)]), key)
+    def _chunk(self, state: TrainState, stored, keys, values):
+        """`_step` over a chunk of batches (G, B, ...) as stored, one key each, as one scan;
+        uint8 levels are decoded by the table `values` (256,) (None: stored as floats)."""
+        def body(state, plan):
+            batch, key = plan
+            if values is not None:
+                batch = batch._replace(x=values[batch.x.astype(jnp.int32)])
+            return self._step(state, batch, key)
+
+        return jax.lax.scan(body, state, (stored, keys))
 
     def batch_plan(self, key, num_examples: int, epoch):
         """An epoch's batches as index rows (steps, B) and one PRNG key per step."""
@@ -212,41 +224,51 @@ class Trainer:
                                if d.process_index == jax.process_index()])
 
     def device_batch(self, local: Batch) -> Batch:
-        """A host batch of this process's columns (K, b, ...) on the devices; over a mesh, the
-        global (K, B, ...) array that every process contributes its columns to."""
+        """Host batches of this process's columns (K, G, b, ...) on the devices; over a mesh,
+        the global (K, G, B, ...) array that every process contributes its columns to."""
         if self.mesh is None:
             return jax.device_put(local)
-        sharding = NamedSharding(self.mesh, PartitionSpec(None, "data"))
+        sharding = NamedSharding(self.mesh, PartitionSpec(None, None, "data"))
         return jax.tree.map(lambda t: jax.make_array_from_process_local_data(
-            sharding, t, (t.shape[0], self.config.batch_size, *t.shape[2:])), local)
+            sharding, t, (*t.shape[:2], self.config.batch_size, *t.shape[3:])), local)
 
     def steps(self, state: TrainState, data, epoch: int, position: dict | None = None):
-        """The steps of `train_epoch`, one jitted step per batch that Grain reads: yields
-        (step index, state, metrics, Grain's iterator state after it) for each step.
+        """The steps of `train_epoch` in chunks (`chunk_steps`), each one compiled scan over
+        the batches that Grain read for it: yields (steps done in the epoch, state, metrics
+        (K, G) of the chunk's G steps, position after it) for each chunk; the position
+        (Grain's iterator state and the chunk size) continues the epoch when passed back.
 
         `data`: host arrays (a Batch), or a `vaejax.streaming.Stream` read from storage as
         the steps need it; each process reads only its own columns of every batch.
-        `position`: an iterator state yielded before, to continue the epoch from there.
         """
         stream = data if isinstance(data, streaming.Stream) else streaming.in_memory(as_batch(data))
         order, keys = jax.device_get(self._plans(state.key, stream.shape[0], epoch))
-        batches = streaming.batches(stream, order[..., self.local_columns()])
+        # A resumed epoch keeps the chunks it began with: Grain's position counts them.
+        chunk = self.chunk_steps(stream) if position is None else position["chunk"]
+        batches = streaming.batches(stream, order[..., self.local_columns()], chunk)
         if position is not None:
-            batches.set_state(position)
+            batches.set_state({k: v for k, v in position.items() if k != "chunk"})
         values = stream.values()  # uint8 crosses to the device, a quarter of float32's bytes
-        extra = () if values is None else (self.place(values),)
-        step = self.train_step if values is None else self._train_stored
-        for i in range(streaming.next_index_of(batches.get_state()), self.steps_per_epoch):
-            state, metrics = step(state, self.device_batch(next(batches)), self.place(keys[:, i]),
-                                  *extra)
-            yield i, state, metrics, batches.get_state()
+        values = None if values is None else self.place(values)
+        for i in range(streaming.next_index_of(batches.get_state()) * chunk,
+                       self.steps_per_epoch, chunk):
+            state, metrics = self._train_chunk(state, self.device_batch(next(batches)),
+                                               self.place(keys[:, i:i + chunk]), values)
+            yield (min(i + chunk, self.steps_per_epoch), state, metrics,
+                   dict(batches.get_state(), chunk=chunk))
+
+    def chunk_steps(self, stream: streaming.Stream) -> int:
+        """Steps per compiled call: CHUNK, fewer where their input would pass CHUNK_BYTES."""
+        per_step = (self.config.num_models * self.config.batch_size
+                    * math.prod(stream.shape[1:]) * stream.images.dtype.itemsize)
+        return max(1, min(CHUNK, CHUNK_BYTES // per_step))
 
     def train_epoch_stepwise(self, state: TrainState, data, epoch: int):
-        """The same epoch as `train_epoch`, one jitted step per batch (see `steps`)."""
+        """The same epoch as `train_epoch`, in compiled chunks of steps (see `steps`)."""
         history = []
         for _, state, metrics, _ in self.steps(state, data, epoch):
             history.append(metrics)
-        return state, jax.tree.map(lambda *xs: jnp.stack(xs, axis=1), *history)
+        return state, jax.tree.map(lambda *xs: jnp.concatenate(xs, axis=1), *history)
 
     def _evaluate(self, state: TrainState, data, epoch):
         """Test-set means of the evaluation's values for one model (padded batches, masked)."""

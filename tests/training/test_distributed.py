@@ -123,7 +123,7 @@ def test_a_signal_within_a_streamed_epoch_stops_both_after_the_same_step_and_res
     lines = [err.strip().splitlines()[-1] for _, err in outs]
     assert lines[0] == lines[1] and "interrupted (SIGTERM) after step" in lines[0], lines
     step, epoch = map(int, lines[0].split("after step ")[1].split(";")[0].split(" of epoch "))
-    assert step % 16 == 0 and (run / "checkpoints_in_epoch" / str(epoch)).is_dir()
+    assert step % 8 == 0 and (run / "checkpoints_in_epoch" / str(epoch)).is_dir()
     epochs = str(epoch + 1)
     reference = _train("--workdir", str(tmp_path / "one"), *flags, "--epochs", epochs)
     resumed = _processes(run, "--resume", *flags, "--epochs", epochs)

@@ -12,7 +12,7 @@ import jax
 import numpy as np
 import pytest
 
-from vaejax import input_pipeline, streaming
+from vaejax import input_pipeline, streaming, trainer as trainer_lib
 from vaejax.config import validate
 from vaejax.interrupts import Interrupted
 from vaejax.train import IN_EPOCH, load_run, read_metrics, train_and_evaluate
@@ -136,38 +136,43 @@ def test_an_unknown_input_is_refused(tmp_path, small_config):
     assert not (tmp_path / "run").exists()
 
 
-def _signal_at_step(monkeypatch, step):
-    """The run's train_step sends SIGTERM to this process on its `step`-th call (from 1)."""
+def _signal_at_chunk(monkeypatch, chunk):
+    """The run's compiled chunk of steps sends SIGTERM to this process on its `chunk`-th call
+    (from 1)."""
     original, calls = Trainer.__init__, []
 
     def init(self, *args, **kwargs):
         original(self, *args, **kwargs)
-        step_fn = self.train_step
+        chunk_fn = self._train_chunk
 
-        def train_step(*a):
+        def train_chunk(*a):
             calls.append(1)
-            if len(calls) == step:
+            if len(calls) == chunk:
                 os.kill(os.getpid(), signal.SIGTERM)
-            return step_fn(*a)
+            return chunk_fn(*a)
 
-        self.train_step = train_step
+        self._train_chunk = train_chunk
 
     monkeypatch.setattr(Trainer, "__init__", init)
 
 
 def test_a_signal_within_a_streamed_epoch_resumes_from_that_step_bitwise(
         tmp_path, small_config, monkeypatch):
-    config = dataclasses.replace(small_config, epochs=3, checkpoint_every=3)  # 14 steps an epoch
+    # 14 steps an epoch: chunks of 8 and 6 steps.
+    config = dataclasses.replace(small_config, epochs=3, checkpoint_every=3)
+    assert trainer_lib.CHUNK == 8
     with monkeypatch.context() as patch:
-        _signal_at_step(patch, 14 + 5)
+        _signal_at_chunk(patch, 2 + 1)
         with pytest.raises(Interrupted) as stopped:
             train_and_evaluate(config, tmp_path / "run", input="streaming", progress=False)
-    assert "after step 5 of epoch 2; continue with --resume" in str(stopped.value)
+    assert "after step 8 of epoch 2; continue with --resume" in str(stopped.value)
     assert [r["epoch"] for r in read_metrics(tmp_path / "run")] == [1]
     assert not (tmp_path / "run" / "checkpoints").is_dir() or not any(
         p.name.isdigit() for p in (tmp_path / "run" / "checkpoints").iterdir())
     assert (tmp_path / "run" / IN_EPOCH / "2").is_dir()
 
+    # Chunks of 3 from here: the epoch stopped within continues in its chunks of 8.
+    monkeypatch.setattr(trainer_lib, "CHUNK", 3)
     train_and_evaluate(config, tmp_path / "run", input="streaming", resume=True, progress=False)
     assert not (tmp_path / "run" / IN_EPOCH).exists()
     train_and_evaluate(config, tmp_path / "whole", input="streaming", progress=False)
