@@ -13,7 +13,8 @@ import time
 from pathlib import Path
 
 from vaejax.config import (ACTIVATIONS, CORRUPTIONS, ESTIMATORS, LIKELIHOOD_DATA, LIKELIHOODS,
-                           LR_SCHEDULES, POSTERIORS, PRESETS, ConfigError, TrainConfig)
+                           LR_SCHEDULES, POSTERIORS, PRECISIONS, PRESETS, ConfigError,
+                           TrainConfig)
 from vaejax.input_pipeline import BINARIZATIONS, KNOWN_DATASETS, LEVELS
 
 _EXIT_USAGE = 2
@@ -44,7 +45,7 @@ _MODEL_FLAGS = ("family", "architecture", "hidden", "conv_channels", "activation
 _TRAIN_FLAGS = ("dataset", "binarization", "objective", "num_samples", "betas", "seeds",
                 "kl_warmup_epochs", "free_bits", "kl_target", "dual_learning_rate", "estimator",
                 "temperature", "min_temperature", "temperature_decay", "epochs", "batch_size",
-                "learning_rate", "lr_schedule", "devices", "checkpoint_every", "init_from",
+                "learning_rate", "lr_schedule", "precision", "devices", "checkpoint_every", "init_from",
                 "corruption", "labels", "label_seed", "classifier_weight")
 
 
@@ -74,7 +75,8 @@ def _document_defaults(parser) -> None:
     from vaejax import objectives
     choices = {"dataset": KNOWN_DATASETS, "activation": ACTIVATIONS, "posterior": POSTERIORS,
                "likelihood": LIKELIHOODS, "binarization": BINARIZATIONS, "estimator": ESTIMATORS,
-               "objective": objectives.names(), "lr_schedule": LR_SCHEDULES}
+               "objective": objectives.names(), "lr_schedule": LR_SCHEDULES,
+               "precision": PRECISIONS}
     config = TrainConfig()
     # Defaults that follow other flags (see _train_config).
     following = {
@@ -141,6 +143,8 @@ def _parser():
     t.add_argument("--batch-size", type=int)
     t.add_argument("--learning-rate", "--lr", dest="learning_rate", type=float)
     t.add_argument("--lr-schedule", help="cosine decays to 0 over the epochs")
+    t.add_argument("--precision", help="bf16: bfloat16 matmuls and convolutions, float32 "
+                   "parameters, optimizer state and loss")
     t.add_argument("--devices", type=int, help="devices to shard each batch over")
     t.add_argument("--checkpoint-every", type=int)
     t.add_argument("--workdir", help="run folder (default: runs/DATASET-TIME)")

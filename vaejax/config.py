@@ -30,6 +30,7 @@ LIKELIHOOD_SETTINGS = {"gaussian_scale": ("gaussian",), "levels": ("logistic", "
                        "mixture_components": ("logistic_mixture",)}
 ESTIMATORS = ("gumbel_softmax", "score_function")
 LR_SCHEDULES = ("constant", "cosine")
+PRECISIONS = ("float32", "bf16")  # of the model's matmuls and convolutions
 OPTIMIZERS = ("adam", "custom")  # "custom": an optax transformation given in Python
 CORRUPTIONS = ("masking", "gaussian", "salt_and_pepper")  # the noises of vaejax.corrupt
 
@@ -107,6 +108,7 @@ class TrainConfig:
     learning_rate: float = 1e-3
     lr_schedule: str = "constant"
     optimizer: str = "adam"
+    precision: str = "float32"  # bf16: bfloat16 products, float32 parameters and loss
     eval_batch_size: int = 1000
     devices: int = 1
     checkpoint_every: int = 10
@@ -233,6 +235,7 @@ def validate(config: TrainConfig) -> TrainConfig:
     _choice("estimator", config.estimator, ESTIMATORS)
     _choice("lr_schedule", config.lr_schedule, LR_SCHEDULES)
     _choice("optimizer", config.optimizer, OPTIMIZERS)
+    _choice("precision", config.precision, PRECISIONS)
     _require(m.latent_dim >= 1, f"latent size must be >= 1; got {m.latent_dim}")
     _require(all(h >= 1 for h in m.hidden + m.conv_channels), "layer widths must be >= 1")
     _require(m.posterior != "categorical" or m.num_categories >= 2,

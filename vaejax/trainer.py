@@ -75,7 +75,9 @@ class Trainer:
         self.steps_per_epoch = num_train // config.batch_size
         if model_fn is None and objective is None:
             models.check_objective(config.model.family, config.objective)
-        self.model_fn = model_fn or models.model_fn(config.model)
+        built = model_fn or models.model_fn(config.model)
+        self.model_fn = lambda shape, rngs: models.with_precision(built(shape, rngs),
+                                                                  config.precision)
         self.objective = objective or objectives.from_config(config, num_train)
         # The family's (as load_run and resume rebuild it), also under a model_fn of that family.
         self.evaluation = (evaluation or models.evaluation(config.model.family)

@@ -131,6 +131,7 @@ from vaejax.models.conv import Conv, ConvTranspose  # noqa: E402
 from vaejax.models.cvae import ConditionalVAE  # noqa: E402
 from vaejax.models.flows import FlowVAE  # noqa: E402
 from vaejax.models.m2 import M2  # noqa: E402
+from vaejax.models.precision import with_precision  # noqa: E402
 from vaejax.models.priors import GaussianMixturePrior  # noqa: E402
 from vaejax.models.two_layer import TwoLayerVAE  # noqa: E402
 from vaejax.models.vae import MLP, VAE  # noqa: E402
@@ -233,4 +234,4 @@ register_family("autoencoder", _autoencoder,
 
 __all__ = ["Autoencoder", "CUSTOM", "ConditionalVAE", "Conv", "ConvTranspose", "FlowVAE", "GaussianMixturePrior", "M2", "MLP", "Model", "ModelFn", "PointCode",
            "TwoLayerVAE", "VAE", "VQVAE", "VampVAE", "check_objective", "evaluation", "families",
-           "model_fn", "register", "register_family"]
+           "model_fn", "register", "register_family", "with_precision"]

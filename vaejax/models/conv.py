@@ -22,26 +22,30 @@ from flax import nnx
 _DIMS = ("NHWC", "HWIO", "NHWC")
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
-def conv2d(x, kernel, padding):
-    """Stride-1 convolution (N, H, W, I) · (kh, kw, I, O) with padding ((lo, hi), (lo, hi))."""
-    return jax.lax.conv_general_dilated(x, kernel, (1, 1), padding, dimension_numbers=_DIMS)
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
+def conv2d(x, kernel, padding, result_dtype=None):
+    """Stride-1 convolution (N, H, W, I) · (kh, kw, I, O) with padding ((lo, hi), (lo, hi)),
+    its products summed in `result_dtype` (None: the operands' dtype)."""
+    return jax.lax.conv_general_dilated(x, kernel, (1, 1), padding, dimension_numbers=_DIMS,
+                                        preferred_element_type=result_dtype)
 
 
-def _conv2d_fwd(x, kernel, padding):
-    return conv2d(x, kernel, padding), (x, kernel)
+def _conv2d_fwd(x, kernel, padding, result_dtype):
+    return conv2d(x, kernel, padding, result_dtype), (x, kernel)
 
 
-def _conv2d_bwd(padding, residuals, dy):
+def _conv2d_bwd(padding, result_dtype, residuals, dy):
     x, kernel = residuals
+    dy = dy.astype(x.dtype)  # the gradient's products in the forward's operand dtype too
     (kh, kw), ((lo0, hi0), (lo1, hi1)) = kernel.shape[:2], padding
     # dx: the flipped kernel, in and out swapped, over dy.
     dx = conv2d(dy, jnp.swapaxes(kernel[::-1, ::-1], 2, 3),
-                ((kh - 1 - lo0, kh - 1 - hi0), (kw - 1 - lo1, kw - 1 - hi1)))
+                ((kh - 1 - lo0, kh - 1 - hi0), (kw - 1 - lo1, kw - 1 - hi1)), result_dtype)
     # dk[a, b, i, o] = Σ_nhw x[n, h+a, w+b, i]·dy[n, h, w, o]: a convolution with the
     # input channels as its batch and the examples as its features.
-    dk = conv2d(jnp.transpose(x, (3, 1, 2, 0)), jnp.transpose(dy, (1, 2, 0, 3)), padding)
-    return dx, jnp.transpose(dk, (1, 2, 0, 3))
+    dk = conv2d(jnp.transpose(x, (3, 1, 2, 0)), jnp.transpose(dy, (1, 2, 0, 3)), padding,
+                result_dtype)
+    return dx.astype(x.dtype), jnp.transpose(dk, (1, 2, 0, 3)).astype(kernel.dtype)
 
 
 conv2d.defvjp(_conv2d_fwd, _conv2d_bwd)
@@ -57,6 +61,16 @@ def _plain(layer) -> bool:
             and getattr(layer, "feature_group_count", 1) == 1
             and _pairs(getattr(layer, "input_dilation", 1) or 1) == (1, 1)
             and layer.mask is None and len(layer.kernel_size) == 2)
+
+
+def _operands(layer, x, kernel):
+    """x and the kernel in the layer's computation dtype (Flax's `dtype`; None: as given)."""
+    return (x, kernel) if layer.dtype is None else (x.astype(layer.dtype),
+                                                   kernel.astype(layer.dtype))
+
+
+def _biased(layer, y):
+    return y + layer.bias[...].astype(y.dtype) if layer.use_bias else y
 
 
 def _batched(fn, x):
@@ -85,14 +99,15 @@ class Conv(nnx.Conv):
                 (lo, r - n_ - lo, 0) for (lo, _), r, n_ in zip(pads, rows, size)), (0, 0, 0)])
             (s0, s1), (r0, r1) = strides, rows
             x = x.reshape(n, r0 // s0, s0, r1 // s1, s1, c).transpose(0, 1, 3, 2, 4, 5)
-            return conv2d(x.reshape(n, r0 // s0, r1 // s1, -1), blocked, ((0, 0), (0, 0)))
+            return conv2d(x.reshape(n, r0 // s0, r1 // s1, -1), blocked, ((0, 0), (0, 0)),
+                          self.preferred_element_type)
 
         (q0, q1), (s0, s1) = window, strides
         blocked = jnp.pad(kernel, [(0, q0 * s0 - ks[0]), (0, q1 * s1 - ks[1]), (0, 0), (0, 0)])
         blocked = blocked.reshape(q0, s0, q1, s1, *kernel.shape[2:]).transpose(0, 2, 1, 3, 4, 5)
         blocked = blocked.reshape(q0, q1, -1, kernel.shape[-1])
-        y = _batched(apply, x)
-        return y + self.bias[...] if self.use_bias else y
+        x, blocked = _operands(self, x, blocked)
+        return _biased(self, _batched(apply, x))
 
 
 class ConvTranspose(nnx.ConvTranspose):
@@ -107,15 +122,15 @@ class ConvTranspose(nnx.ConvTranspose):
         # (window₀, window₁, in, s₀, s₁, out): the kernel taps each output phase reads.
         phased = jnp.einsum("paj,qbk,jkio->abipqo", *taps, kernel)
         phased = phased.reshape(*phased.shape[:3], -1)
+        x, phased = _operands(self, x, phased)
         (s0, s1), out = strides, kernel.shape[-1]
 
         def apply(x):
             n, h, w, _ = x.shape
-            y = conv2d(x, phased, pads).reshape(n, h, w, s0, s1, out)
+            y = conv2d(x, phased, pads, self.preferred_element_type).reshape(n, h, w, s0, s1, out)
             return y.transpose(0, 1, 3, 2, 4, 5).reshape(n, h * s0, w * s1, out)
 
-        y = _batched(apply, x)
-        return y + self.bias[...] if self.use_bias else y
+        return _biased(self, _batched(apply, x))
 
 
 def _phase_taps(k: int, s: int):
