@@ -1,9 +1,9 @@
 """Training throughput of streaming input (Grain over ArrayRecord) against the in-memory scan.
 
 Each row trains the same model on the same data three ways: `--input memory` (the whole
-epoch one compiled scan over the on-device split), `--input memory --stepwise` (one jitted
-step per batch, batches gathered from host memory), and `--input streaming` (one step per
-batch, Grain reading each batch's records from the ArrayRecord copy of the split while the
+epoch one compiled scan over the on-device split), `--input memory --stepwise` (compiled
+chunks of up to 8 steps, batches gathered from host memory), and `--input streaming` (the
+same chunks, Grain reading their records from the ArrayRecord copy of the split while the
 steps run). The figure is `train_examples_per_second` of each run's summary.json: the median
 epoch after the first, training only. Cost of streaming = 1 − streaming / scan.
 
