@@ -1,5 +1,6 @@
 """The `vaejax` command: a complete run, evaluation, sampling, and one clear error per bad input."""
 
+import dataclasses
 import json
 import subprocess
 import sys
@@ -8,8 +9,8 @@ import numpy as np
 import pytest
 
 from vaejax import input_pipeline
-from vaejax.cli import main
-from vaejax.config import LR_SCHEDULES, POSTERIORS, PRESETS, TrainConfig
+from vaejax.cli import _parser, _train_config, main
+from vaejax.config import LR_SCHEDULES, POSTERIORS, PRESETS, RECIPES, TrainConfig
 
 QUICK = ["--epochs", "2", "--hidden", "32", "--latent-dim", "3", "--no-progress"]
 
@@ -195,6 +196,7 @@ def test_evaluate_needs_whole_chunks(tmp_path, capsys):
     (["--architecture", "conv", "--conv-channels", ""], "needs at least one hidden layer and "
      "one convolution"),
     (["--label-seed", "3"], "label_seed chooses which labels --labels keeps"),
+    (["--resume", "--recipe", "burda-20min"], "--recipe starts a new run; --resume continues"),
     (["--model", "autoencoder"], "the autoencoder family trains with objective 'ae' or "
      "'sparse-ae' or 'contractive-ae' or 'denoising-ae', not 'elbo'"),
     (["--model", "autoencoder", "--objective", "ae", "--beta", "2"],
@@ -217,6 +219,17 @@ def test_flags_without_meaning_are_refused(tmp_path, capsys, flags, message):
     err = capsys.readouterr().err.strip()
     assert message in err and len(err.splitlines()) == 1, err
     assert not run.exists()
+
+
+def test_recipe_is_a_whole_run_that_flags_override():
+    """--recipe starts from a RECIPES entry (its binarization kept, not the likelihood's
+    default); --preset and the other flags replace what they name."""
+    recipe = RECIPES["burda-20min"]
+    config = _train_config(vars(_parser().parse_args(["train", "--recipe", "burda-20min"])))
+    assert config == recipe and config.binarization == "static" != TrainConfig().binarization
+    config = _train_config(vars(_parser().parse_args(
+        ["train", "--recipe", "burda-20min", "--epochs", "5", "--preset", "pytorch"])))
+    assert config == dataclasses.replace(recipe, epochs=5, model=PRESETS["pytorch"])
 
 
 def test_conv_with_several_dense_layers_trains(tmp_path):

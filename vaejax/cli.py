@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 
 from vaejax.config import (ACTIVATIONS, CORRUPTIONS, ESTIMATORS, LIKELIHOOD_DATA, LIKELIHOODS,
-                           LR_SCHEDULES, POSTERIORS, PRECISIONS, PRESETS, ConfigError,
+                           LR_SCHEDULES, POSTERIORS, PRECISIONS, PRESETS, RECIPES, ConfigError,
                            TrainConfig)
 from vaejax.input_pipeline import BINARIZATIONS, KNOWN_DATASETS, LEVELS
 
@@ -108,6 +108,8 @@ def _parser():
     t.add_argument("--model", dest="family", help="model family: vae, or one "
                    "registered with vaejax.models.register or offered as a 'vaejax.models' entry point")
     t.add_argument("--preset", choices=sorted(PRESETS), help="architecture preset (default: digits)")
+    t.add_argument("--recipe", choices=sorted(RECIPES),
+                   help="a whole run (data, preset, schedule); the other flags override it")
     t.add_argument("--architecture", choices=("mlp", "conv"))
     t.add_argument("--hidden", type=_ints, help="hidden widths, e.g. 200,200 ('' for none)")
     t.add_argument("--conv-channels", type=_ints)
@@ -193,7 +195,7 @@ def _train_config(given: dict) -> TrainConfig:
         from vaejax.train import read_config
         base = read_config(given["workdir"])
     else:
-        base = TrainConfig()
+        base = RECIPES[given["recipe"]] if "recipe" in given else TrainConfig()
         if "preset" in given:
             base = dataclasses.replace(base, model=PRESETS[given["preset"]])
     model = dataclasses.replace(base.model, **{k: given[k] for k in _MODEL_FLAGS if k in given})
@@ -202,7 +204,7 @@ def _train_config(given: dict) -> TrainConfig:
     if given.get("resume"):
         return config
     # A new run's data treatment and grey levels follow its likelihood and data set.
-    if "binarization" not in given:
+    if "binarization" not in given and "recipe" not in given:
         config = dataclasses.replace(config, binarization=LIKELIHOOD_DATA.get(
             model.likelihood, (config.binarization,))[0])
     if "levels" not in given and model.likelihood.startswith("logistic"):
@@ -215,6 +217,8 @@ def _train(args):
     given = vars(args)
     if given.get("resume") and "workdir" not in given:
         raise ConfigError("--resume needs the --workdir of the run to continue")
+    if given.get("resume") and "recipe" in given:
+        raise ConfigError("--recipe starts a new run; --resume continues one with its own settings")
     config = _join_processes(given, _train_config(given))
     from vaejax.distributed import is_primary
     from vaejax.train import train_and_evaluate
