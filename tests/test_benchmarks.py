@@ -134,6 +134,29 @@ def test_throughput_conv():
     assert {t["name"] for t in result["targets"]} >= {"cpu_conv_batch128_vaejax_over_pytorch"}
 
 
+def test_throughput_iwae():
+    """-k trains vaejax's IWAE bound; its FLOPs count the decoder's products once per sample."""
+    sys.path.insert(0, str(BENCHMARKS))
+    import throughput
+
+    from vaejax.config import PRESETS
+
+    assert throughput.layers_of(PRESETS["pytorch"], 50) == [
+        (1, 784, 400), (1, 400, 40), (50, 20, 400), (50, 400, 784)]
+    result, _ = run_script("throughput", "--tiny", "-k", "5", "--batch-sizes", "32",
+                           "--num-train", "64", "--implementations", "vaejax")
+    row = result["results"]["32"]["vaejax"]
+    assert result["num_samples"] == 5 and "IWAE k = 5" in result["model"]
+    assert row["achieved_flops_per_second"] == pytest.approx(
+        result["step_flops"]["32"]["matmul_work"] * row["steps_per_epoch"] / row["epoch_seconds"])
+    [target] = result["targets"]
+    assert target["name"] == "cpu_iwae_k5_batch32_fraction_of_matmul_rate"
+    assert target["value"] == pytest.approx(row["fraction_of_square_matmul_rate"])
+    refused = subprocess.run([sys.executable, str(BENCHMARKS / "throughput.py"), "--tiny", "-k", "5"],
+                             capture_output=True, text=True, timeout=300)
+    assert refused.returncode == 2 and "add --implementations vaejax" in refused.stderr
+
+
 def test_sweep():
     result, table = run_tiny("sweep")
     check_common(result, "sweep")
@@ -158,6 +181,9 @@ def test_is_nll():
         result["num_images"] * result["num_samples"] / result["seconds"])
     assert result["full_test_set_is"].startswith("extrapolated")
     assert result["estimates_finite"] is True and result["mean_log_likelihood"] < 0
+    assert result["fraction_of_square_matmul_rate"] == pytest.approx(
+        result["achieved_flops_per_second"] / result["square_matmul"]["flops_per_second"])
+    assert "cpu_fraction_of_square_matmul_rate" in {t["name"] for t in result["targets"]}
     assert "Chunk size" in table
     assert [row["chunk_size"] for row in result["chunk_sweep"]] == [25, 50]
     for row in result["chunk_sweep"]:
@@ -259,3 +285,27 @@ def test_streaming_runs():
     assert all(row[mode] > 0 for mode in ("scan", "stepwise", "streaming"))
     assert math.isclose(row["streaming_cost"], 1 - row["streaming"] / row["scan"])
     assert "streaming cost" in table
+
+
+def test_time_to_quality_runs(tmp_path):
+    """The digits train on the clock; the NLL at each checkpoint is off it, above the ELBO."""
+    figure = tmp_path / "ttq.png"
+    result, table = run_script("time_to_quality", "--tiny", "--figure", str(figure))
+    assert [row["epoch"] for row in result["rows"]] == [2, 4]
+    for row in result["rows"]:
+        assert row["num_test"] == 300 and -row["test_nll"] >= row["test_elbo"] - 0.5
+    minutes = [row["train_minutes"] for row in result["rows"]]
+    assert 0 < minutes[0] < minutes[1] and len(result["test_elbo_curve"]) == 4
+    assert figure.stat().st_size > 0 and "test NLL" in table
+
+
+def test_profile_step_runs():
+    """The traced epoch's operations are found in the program text and their shares sum to 1."""
+    result, table = run_script("profile_step", "--tiny")
+    assert result["ops"] and math.isclose(sum(r["share"] for r in result["ops"]), 1.0)
+    kinds = set(result["by_kind"])
+    assert "matmul" in kinds and kinds <= {"matmul", "transcendental", "gather", "copy",
+                                           "element-wise"}
+    assert any(source.startswith("vaejax/core/likelihoods.py") for source in result["by_source"])
+    assert any(source.startswith("optax/") for source in result["by_source"])
+    assert "top operations" in table
