@@ -67,6 +67,9 @@ def main() -> None:
     given = {k: v for k, v in vars(args).items()
              if k in ("epochs", "batch_size", "learning_rate") and v is not None}
     config = dataclasses.replace(RECIPES[args.recipe], **given)
+    if args.tiny and given:
+        parser.error("--tiny trains its own digits run: it takes no --epochs, --batch-size or "
+                     "--learning-rate")
     if args.tiny:
         config = TrainConfig(dataset="digits", epochs=4, batch_size=100, lr_schedule="cosine")
         args.nll_at, args.elbo_every, args.num_samples = "2,4", 1, 10
