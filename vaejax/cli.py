@@ -137,8 +137,8 @@ def _parser():
     t.add_argument("--labels", type=int, help="training labels kept (m2), an equal number per "
                    "class; the rest unlabelled")
     t.add_argument("--label-seed", type=int, help="which training labels --labels keeps")
-    t.add_argument("--classifier-weight", type=float, help="α per labelled example (m2); "
-                   "default 0.1·N/N_labelled, Kingma et al.'s α = 0.1·N")
+    t.add_argument("--classifier-weight", type=float, help="α on the labelled stream's mean "
+                   "−log q(y|x) (m2); default 0.1, Kingma et al.'s α = 0.1·N per example")
     t.add_argument("--corruption", help="NOISE:LEVEL of the denoising-ae inputs, NOISE one of "
                    f"{', '.join(CORRUPTIONS)}, e.g. masking:0.25")
     t.add_argument("--epochs", type=int)

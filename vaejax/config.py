@@ -116,7 +116,7 @@ class TrainConfig:
     corruption: str | None = None  # "NOISE:LEVEL" of a denoising autoencoder's inputs
     labels: int | None = None  # training labels kept, an equal number per class; None: all
     label_seed: int = 0  # which labels are kept
-    classifier_weight: float | None = None  # α per labelled example (m2); None: 0.1·N/N_labelled
+    classifier_weight: float | None = None  # m2's α on E_labelled[−log q(y|x)]; None: 0.1
 
     @property
     def num_models(self) -> int:

@@ -29,10 +29,13 @@ Metrics = dict[str, jax.Array]
 
 
 class Batch(NamedTuple):
-    """Images (B, H, W, C) in [0, 1] and labels (B,), None where the data set has none."""
+    """Images (B, H, W, C) in [0, 1] and labels (B,), None where the data set has none
+    (−1 for an unlabelled example); `labelled`, a second Batch of labelled examples, where
+    the objective asks for one."""
 
     x: jax.Array
     y: jax.Array | None = None
+    labelled: "Batch | None" = None
 
 
 def as_batch(data) -> Batch:
@@ -50,6 +53,10 @@ def conditioned(model, y):
 
 
 class Objective(Protocol):
+    """An objective may also set `labelled_batch_size` (an int): the trainer then gives each
+    step `batch.labelled`, that many examples drawn uniformly, with replacement, from those
+    whose label is known (`m2`)."""
+
     def __call__(self, model: Any, batch: Batch, key: jax.Array,
                  hyper: dict[str, jax.Array]) -> tuple[jax.Array, Metrics]: ...
 
@@ -186,32 +193,35 @@ def _m2_terms(model, x, key):
     return bound, log_q, jnp.sum(jnp.exp(log_q) * (bound - log_q), axis=-1)
 
 
-def m2(classifier_weight: float) -> Objective:
-    """Kingma et al.'s semi-supervised loss −J^α per example, for models with `classify(x)`
-    → q(y|x) and `bound_per_class(key, x)` → L(x, y) for every y (`vaejax.models.M2`).
+def m2(classifier_weight: float = 0.1, labelled_batch_size: int = 100) -> Objective:
+    """Kingma et al.'s semi-supervised loss −J^α/N, for models with `classify(x)` → q(y|x)
+    and `bound_per_class(key, x)` → L(x, y) for every y (`vaejax.models.M2`).
 
-    Labelled examples (y ≥ 0): −L(x, y) − α·log q(y|x). Unlabelled (y = −1): −U(x),
-    U(x) = Σ_y q(y|x) L(x, y) + H[q(y|x)]. α = classifier_weight, per labelled example:
-    the paper's α = 0.1·N is 0.1·N/N_labelled here, the loss being a mean over examples.
+    J^α/N = mean over the data of L(x, y) (y known, ≥ 0) or U(x) (y = −1), U(x) =
+    Σ_y q(y|x) L(x, y) + H[q(y|x)], plus α·E_labelled[log q(y|x)]. The batch estimates the
+    mean; `batch.labelled` (`labelled_batch_size` labelled examples each step) the
+    expectation, so the classifier learns from labels every step. α = classifier_weight:
+    the paper's α = 0.1·N is 0.1 here.
 
     Metrics: `elbo` (mean U(x), the bound on log p(x)), `classifier_cross_entropy` (mean
-    −log q(y|x) over the batch's labelled examples) and `labelled_fraction`.
+    −log q(y|x) over `batch.labelled`) and `labelled_fraction` (of the batch).
     """
     def objective(model, batch, key, hyper):
-        if batch.y is None:
-            raise ValueError("the m2 objective needs labels in the batch (-1 where missing)")
+        if batch.y is None or batch.labelled is None:
+            raise ValueError("the m2 objective needs labels in the batch (-1 where missing) "
+                             "and batch.labelled, a batch of labelled examples")
         bound, log_q, marginal = _m2_terms(model, batch.x, key)
         labelled = batch.y >= 0
         y = jnp.maximum(batch.y, 0)[:, None]
-        log_q_y = jnp.take_along_axis(log_q, y, axis=-1)[:, 0]
-        per_example = jnp.where(labelled, jnp.take_along_axis(bound, y, axis=-1)[:, 0]
-                                + classifier_weight * log_q_y, marginal)
-        count = jnp.sum(labelled)
-        return -jnp.mean(per_example), {
-            "elbo": jnp.mean(marginal),
-            "classifier_cross_entropy": -jnp.sum(labelled * log_q_y) / jnp.maximum(count, 1),
-            "labelled_fraction": count / labelled.size}
+        per_example = jnp.where(labelled, jnp.take_along_axis(bound, y, axis=-1)[:, 0], marginal)
+        logits = model.classify(batch.labelled.x).logits[..., 0, :]
+        cross_entropy = -jnp.mean(jnp.take_along_axis(
+            jax.nn.log_softmax(logits, axis=-1), batch.labelled.y[:, None], axis=-1))
+        return -jnp.mean(per_example) + classifier_weight * cross_entropy, {
+            "elbo": jnp.mean(marginal), "classifier_cross_entropy": cross_entropy,
+            "labelled_fraction": jnp.mean(labelled)}
 
+    objective.labelled_batch_size = labelled_batch_size
     return objective
 
 
@@ -322,8 +332,8 @@ register("ae", lambda c: autoencoder(), reads=())
 register("sparse-ae", lambda c: autoencoder("sparse"), reads=("betas",))
 register("contractive-ae", lambda c: autoencoder("contractive"), reads=("betas",))
 register("denoising-ae", lambda c: autoencoder(corruption=_corruption(c)), reads=("corruption",))
-register("m2", lambda c: m2(0.1 if c.classifier_weight is None else c.classifier_weight),
-         reads=("labels", "label_seed", "classifier_weight"))
+register("m2", lambda c: m2(0.1 if c.classifier_weight is None else c.classifier_weight,
+                           c.batch_size), reads=("labels", "label_seed", "classifier_weight"))
 
 
 def check_settings(config) -> None:
@@ -341,15 +351,9 @@ def names() -> tuple[str, ...]:
     return tuple(sorted(_REGISTRY))
 
 
-def from_config(config, num_train: int | None = None) -> Objective:
-    """The objective that `config.objective` names. With `num_train`, an unset
-    classifier_weight becomes 0.1·N/N_labelled (Kingma et al.'s α = 0.1·N)."""
-    import dataclasses
-
+def from_config(config) -> Objective:
+    """The objective that `config.objective` names."""
     from vaejax.config import ConfigError
-    if config.classifier_weight is None and num_train:
-        config = dataclasses.replace(config, classifier_weight=0.1 * num_train / (
-            config.labels or num_train))
     if config.objective == CUSTOM:
         raise ConfigError("this run's objective was given as a function: pass it again")
     if config.objective not in _REGISTRY:

@@ -78,7 +78,10 @@ class Trainer:
         built = model_fn or models.model_fn(config.model)
         self.model_fn = lambda shape, rngs: models.with_precision(built(shape, rngs),
                                                                   config.precision)
-        self.objective = objective or objectives.from_config(config, num_train)
+        self.objective = objective or objectives.from_config(config)
+        # Examples of a second stream, drawn from the labelled ones each step (`batch.labelled`).
+        self.labelled = getattr(self.objective, "labelled_batch_size", 0)
+        self.batch_width = config.batch_size + self.labelled  # columns of every batch plan row
         # The family's (as load_run and resume rebuild it), also under a model_fn of that family.
         self.evaluation = (evaluation or models.evaluation(config.model.family)
                            or objectives.elbo_evaluation)
@@ -102,7 +105,7 @@ class Trainer:
                                 out_shardings=replicated)
         self._train_chunk = jax.jit(self.per_model(self._chunk, (0, 0, 0, None)),
                                     donate_argnums=0, out_shardings=replicated)
-        self._plans = jax.jit(jax.vmap(self.batch_plan, in_axes=(0, None, None)),
+        self._plans = jax.jit(jax.vmap(self.batch_plan, in_axes=(0, None, None, None)),
                               static_argnums=1)
 
     def _learning_rate(self):
@@ -168,8 +171,15 @@ class Trainer:
             batch = jax.tree.map(lambda t: jax.lax.with_sharding_constraint(
                 t, NamedSharding(self.mesh, PartitionSpec("data"))), batch)
         binarize_key, loss_key = jax.random.split(key)
-        batch = batch._replace(x=binarize_batch(binarize_key, batch.x, self.config.binarization,
-                                                LEVELS.get(self.config.dataset, 256)))
+
+        def binarize(key, x):
+            return binarize_batch(key, x, self.config.binarization,
+                                  LEVELS.get(self.config.dataset, 256))
+
+        batch = batch._replace(x=binarize(binarize_key, batch.x))
+        if batch.labelled is not None:
+            batch = batch._replace(labelled=batch.labelled._replace(
+                x=binarize(jax.random.fold_in(binarize_key, 1), batch.labelled.x)))
         hyper = self._hyper(state)
 
         def loss_fn(params):
@@ -194,15 +204,32 @@ class Trainer:
             batch, key = plan
             if values is not None:
                 batch = batch._replace(x=values[batch.x.astype(jnp.int32)])
-            return self._step(state, batch, key)
+            return self._step(state, self._split(batch), key)
 
         return jax.lax.scan(body, state, (stored, keys))
 
-    def batch_plan(self, key, num_examples: int, epoch):
-        """An epoch's batches as index rows (steps, B) and one PRNG key per step."""
+    def _split(self, batch: Batch) -> Batch:
+        """A batch of one plan row: its labelled stream's columns become `batch.labelled`."""
+        if not self.labelled:
+            return batch
+        b = self.config.batch_size
+        return Batch(batch.x[:b], batch.y[:b], Batch(batch.x[b:], batch.y[b:]))
+
+    def batch_plan(self, key, num_examples: int, epoch, labels=None):
+        """An epoch's batches as index rows (steps, B) and one PRNG key per step.
+
+        Where the objective asks for a labelled stream, each row goes on with that many
+        indices drawn uniformly, with replacement, from the examples whose label (of
+        `labels`, (N,), −1 where missing) is known: rows (steps, B + labelled_batch_size).
+        """
         perm_key, step_key = jax.random.split(jax.random.fold_in(streams(key)[1], epoch))
         n, b = self.steps_per_epoch, self.config.batch_size
         rows = jax.random.permutation(perm_key, num_examples)[:n * b].reshape(n, b)
+        if self.labelled:
+            known = (labels >= 0).astype(jnp.float32)
+            drawn = jax.random.choice(jax.random.fold_in(perm_key, 1), num_examples,
+                                      (n, self.labelled), p=known / jnp.sum(known))
+            rows = jnp.concatenate([rows, drawn.astype(rows.dtype)], axis=1)
         return rows, jax.random.split(step_key, n)
 
     def _epoch(self, state: TrainState, data, epoch):
@@ -211,13 +238,14 @@ class Trainer:
 
         def body(state, plan):
             rows, key = plan
-            return self._step(state, jax.tree.map(lambda t: t[rows], data), key)
+            return self._step(state, self._split(jax.tree.map(lambda t: t[rows], data)), key)
 
-        return jax.lax.scan(body, state, self.batch_plan(state.key, data.x.shape[0], epoch))
+        return jax.lax.scan(body, state, self.batch_plan(state.key, data.x.shape[0], epoch,
+                                                         data.y))
 
     def local_columns(self) -> np.ndarray:
         """The columns of every batch that this process's devices hold (all, in one process)."""
-        b = self.config.batch_size
+        b = self.batch_width
         if self.mesh is None:
             return np.arange(b)
         per = b // self.config.devices
@@ -232,7 +260,7 @@ class Trainer:
             return jax.device_put(local)
         sharding = NamedSharding(self.mesh, PartitionSpec(None, None, "data"))
         return jax.tree.map(lambda t: jax.make_array_from_process_local_data(
-            sharding, t, (*t.shape[:2], self.config.batch_size, *t.shape[3:])), local)
+            sharding, t, (*t.shape[:2], self.batch_width, *t.shape[3:])), local)
 
     def steps(self, state: TrainState, data, epoch: int, position: dict | None = None):
         """The steps of `train_epoch` in chunks (`chunk_steps`), each one compiled scan over
@@ -244,7 +272,8 @@ class Trainer:
         the steps need it; each process reads only its own columns of every batch.
         """
         stream = data if isinstance(data, streaming.Stream) else streaming.in_memory(as_batch(data))
-        order, keys = jax.device_get(self._plans(state.key, stream.shape[0], epoch))
+        labels = None if not self.labelled else self.place(stream.labels)
+        order, keys = jax.device_get(self._plans(state.key, stream.shape[0], epoch, labels))
         # A resumed epoch keeps the chunks it began with: Grain's position counts them.
         chunk = self.chunk_steps(stream) if position is None else position["chunk"]
         batches = streaming.batches(stream, order[..., self.local_columns()], chunk)
@@ -261,7 +290,7 @@ class Trainer:
 
     def chunk_steps(self, stream: streaming.Stream) -> int:
         """Steps per compiled call: CHUNK, fewer where their input would pass CHUNK_BYTES."""
-        per_step = (self.config.num_models * self.config.batch_size
+        per_step = (self.config.num_models * self.batch_width
                     * math.prod(stream.shape[1:]) * stream.images.dtype.itemsize)
         return max(1, min(CHUNK, CHUNK_BYTES // per_step))
 

@@ -43,7 +43,7 @@ def test_a_written_split_reads_back_exactly(digits_file):
     split = input_pipeline.load_split("digits", "train")
     assert stream.shape == split.images.shape
     rows = np.array([[5, 0, 1496], [3, 3, 7]])
-    x, y = stream.read(rows)
+    x, y, _ = stream.read(rows)
     assert x.shape == (2, 3, 8, 8, 1) and x.dtype == np.float32
     np.testing.assert_array_equal(x, split.images[rows])
     np.testing.assert_array_equal(y, split.labels[rows])
