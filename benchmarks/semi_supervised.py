@@ -6,7 +6,7 @@ binarized MNIST, the rest unlabelled) and reads the classifier's error on the wh
 split from summary.json. Prints a table and one JSON line with mean ± std over the draws.
 
   python benchmarks/semi_supervised.py --labels 100 --label-seeds 0,1,2 --epochs 10 \
-      --classifier-weight 10 --out benchmarks/results/m2-mnist-100.json
+      --classifier-weight 10 --out benchmarks/results/m2-mnist-100-stream.json
 """
 
 import argparse
@@ -55,7 +55,8 @@ def main() -> None:
                      "command": "vaejax train " + " ".join(train)})
     errors = [r["test_error_percent"] for r in rows]
     published = PUBLISHED.get(args.labels)
-    result = {"labels": args.labels, "classifier_weight": args.classifier_weight, "rows": rows, "test_error_percent_mean": statistics.mean(errors),
+    result = {"labels": args.labels, "classifier_weight": args.classifier_weight, "rows": rows,
+              "test_error_percent_mean": statistics.mean(errors),
               "test_error_percent_std": statistics.stdev(errors) if len(errors) > 1 else None,
               "published_percent": published and {"mean": published[0], "std": published[1],
                                                   "source": "Kingma et al. 2014, Table 1 (M2)"},
