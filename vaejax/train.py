@@ -496,6 +496,10 @@ def train_and_evaluate(config: TrainConfig, workdir, *, model_fn=None, objective
         if trainer.conditional and data.train_labels is None:
             raise ConfigError(f"the {config.model.family} model is conditioned on labels, and "
                               f"{config.dataset} has none")
+        if trainer.labelled and (data.train_labels is None or not np.any(data.train_labels >= 0)):
+            raise ConfigError(f"the {config.objective} objective draws a labelled batch every "
+                              f"step, and the {config.dataset} training split has no labelled "
+                              "example")
         state = trainer.init()
         if resume and (workdir / "metrics.jsonl").exists():
             _check_test_keys(workdir, trainer, state, data, read_metrics(workdir))

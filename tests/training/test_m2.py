@@ -15,7 +15,7 @@ from vaejax.cli import main
 from vaejax.config import ConfigError, ModelConfig, TrainConfig, validate
 from vaejax.models import M2
 from vaejax.objectives import Batch
-from vaejax.train import keep_labels, prepare_data, read_summary
+from vaejax.train import keep_labels, prepare_data, read_summary, train_and_evaluate
 from vaejax.trainer import Trainer
 
 BOUND = jnp.array([[-3.0, -1.0, -2.0], [-5.0, -4.0, -6.0]])  # L(x_i, y), (B, K)
@@ -177,3 +177,21 @@ def test_labels_need_an_objective_that_reads_them(tmp_path, capsys):
     assert main(["train", "--workdir", str(tmp_path / "r"), "--labels", "100",
                  "--no-progress"]) == 2
     assert "the elbo objective does not read labels" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("labels,message", [(None, "digits has none"),
+                                            (-1, "training split has no labelled example")])
+def test_no_labelled_example_is_refused(tmp_path, monkeypatch, labels, message):
+    """Data with no known label (none at all, or all −1) cannot feed the labelled stream."""
+    def unlabelled(*args):
+        data = prepare_data(*args)
+        return data._replace(train_labels=None if labels is None
+                             else np.full_like(data.train_labels, labels))
+
+    monkeypatch.setattr("vaejax.train.prepare_data", unlabelled)
+    config = validate(TrainConfig(dataset="digits", model=ModelConfig(family="m2", hidden=(16,),
+                                                                      latent_dim=2),
+                                  objective="m2", epochs=1))
+    with pytest.raises(ConfigError, match=message):
+        train_and_evaluate(config, tmp_path / "r", progress=False)
+    assert not (tmp_path / "r").exists()
