@@ -41,7 +41,7 @@ def _scale(text):
 # Flags that set a field of ModelConfig (dest → field) and of TrainConfig.
 _MODEL_FLAGS = ("family", "architecture", "hidden", "conv_channels", "activation", "latent_dim",
                 "posterior", "num_categories", "likelihood", "gaussian_scale", "levels",
-                "mixture_components")
+                "mixture_components", "features_from")
 _TRAIN_FLAGS = ("dataset", "binarization", "objective", "num_samples", "betas", "seeds",
                 "kl_warmup_epochs", "free_bits", "kl_target", "dual_learning_rate", "estimator",
                 "temperature", "min_temperature", "temperature_decay", "epochs", "batch_size",
@@ -121,6 +121,8 @@ def _parser():
     t.add_argument("--gaussian-scale", type=_scale, help="fixed σ of a Gaussian decoder, or 'learned'")
     t.add_argument("--levels", type=int, help="grey levels of the logistic likelihoods")
     t.add_argument("--mixture-components", type=int, help="logistics per value of logistic_mixture")
+    t.add_argument("--features-from", help="m1m2: the run folder of the trained model whose "
+                   "posterior means M2 models")
     t.add_argument("--binarization", help="how pixels are presented to the likelihood")
     t.add_argument("--objective", help="or one registered with vaejax.objectives.register")
     t.add_argument("-k", "--num-samples", type=int, help="samples per example (IWAE k)")

@@ -49,6 +49,8 @@ class ModelConfig:
     the stride-2 convolution widths and `hidden` the dense layers after them.
     The discretised logistic likelihoods spread over `levels` grey levels (the
     data set's), the mixture over `mixture_components` logistics per value.
+    `features_from` is the run folder of the trained model whose posterior means the
+    m1m2 family models.
     """
 
     family: str = "vae"
@@ -63,6 +65,7 @@ class ModelConfig:
     gaussian_scale: float | None = 0.1
     levels: int = 256
     mixture_components: int = 5
+    features_from: str | None = None
 
     @property
     def learned_scale(self) -> bool:

@@ -284,6 +284,13 @@ def m2_evaluation(model, batch, key) -> Metrics:
             "test_error": (jnp.argmax(log_q, axis=-1) != batch.y).astype(jnp.float32)}
 
 
+def m1m2_evaluation(model, batch, key) -> Metrics:
+    """M1+M2's `test_error` and `test_feature_elbo`: U(f), the bound on log p(f) of M1's
+    features f (not on log p(x))."""
+    metrics = m2_evaluation(model, batch, key)
+    return {"test_feature_elbo": metrics.pop("test_elbo"), **metrics}
+
+
 def eval_terms(model, x, key) -> vaejax.ElboTerms:
     """Per-example test ELBO terms: β = 1, one draw, the registered closed-form KL.
 

@@ -40,6 +40,25 @@ def test_given_labels_broadcast_over_sample_axes():
     assert not np.allclose(given.encode(x).mean, model.given((y + 1) % 10).encode(x).mean)
 
 
+def test_gaussian_likelihood_by_hand():
+    """log N(x; μ, σ²) per value summed, log σ clipped to [−6, 2]; E[x|z, y] = μ."""
+    model = ConditionalVAE((2, 2, 1), (8,), 3, likelihood="gaussian", rngs=nnx.Rngs(0))
+    kernel = model.to_logits.kernel
+    kernel[...] = kernel[...].at[:, 4:].multiply(50.0)  # log σ far outside [−6, 2]
+    x = jax.random.normal(jax.random.key(1), (5, 2, 2, 1))
+    y, z = jnp.arange(5), jax.random.normal(jax.random.key(2), (5, 3))
+    out = np.asarray(model.logits(z, y), np.float64)
+    mean, log_scale = out[:, :4], np.clip(out[:, 4:], -6.0, 2.0)
+    assert np.any(out[:, 4:] < -6) and np.any(out[:, 4:] > 2)
+    flat = np.asarray(x, np.float64).reshape(5, 4)
+    expected = np.sum(-0.5 * ((flat - mean) / np.exp(log_scale)) ** 2 - log_scale
+                      - 0.5 * np.log(2 * np.pi), axis=-1)
+    np.testing.assert_allclose(model.log_likelihood(z, x, y), expected, rtol=1e-5)
+    np.testing.assert_allclose(model.mean_image(z, y), mean.reshape(5, 2, 2, 1), rtol=1e-6)
+    with pytest.raises(ValueError, match="likelihood must be"):
+        ConditionalVAE((2, 2, 1), (8,), 3, likelihood="poisson", rngs=nnx.Rngs(0))
+
+
 def test_stock_objectives_need_the_labels():
     model = ConditionalVAE((4, 4, 1), (8,), 3, rngs=nnx.Rngs(0))
     x = jnp.zeros((2, 4, 4, 1))

@@ -63,10 +63,14 @@ def test_marginal_bound_is_logsumexp_at_the_best_classifier():
     assert np.all(worse["test_elbo"] < out["test_elbo"])
 
 
-def test_bound_lies_below_log_px():
+@pytest.mark.parametrize("likelihood", ["bernoulli", "gaussian"])
+def test_bound_lies_below_log_px(likelihood):
     """U(x) ≤ log p(x) = log Σ_y p(y) p(x|y), p(x|y) by importance sampling (K = 1000)."""
-    model = M2((3, 3, 1), (8,), 2, rngs=nnx.Rngs(0))
-    x = jnp.asarray(np.random.default_rng(1).binomial(1, 0.5, (4, 3, 3, 1)), jnp.float32)
+    model = M2((3, 3, 1), (8,), 2, likelihood=likelihood, rngs=nnx.Rngs(0))
+    rng = np.random.default_rng(1)
+    x = rng.binomial(1, 0.5, (4, 3, 3, 1)) if likelihood == "bernoulli" else rng.normal(
+        size=(4, 3, 3, 1))
+    x = jnp.asarray(x, jnp.float32)
     bounds = jax.vmap(lambda k: objectives.m2_evaluation(model, Batch(x, jnp.zeros(4, int)), k)
                       ["test_elbo"])(jax.random.split(jax.random.key(0), 20)).mean(0)
     per_class = []

@@ -130,6 +130,7 @@ from vaejax.models.autoencoder import Autoencoder, PointCode  # noqa: E402
 from vaejax.models.conv import Conv, ConvTranspose  # noqa: E402
 from vaejax.models.cvae import ConditionalVAE  # noqa: E402
 from vaejax.models.flows import FlowVAE  # noqa: E402
+from vaejax.models.m1m2 import M1M2, Frozen  # noqa: E402
 from vaejax.models.m2 import M2  # noqa: E402
 from vaejax.models.precision import with_precision  # noqa: E402
 from vaejax.models.priors import GaussianMixturePrior  # noqa: E402
@@ -141,6 +142,15 @@ from vaejax.models.vqvae import VQVAE  # noqa: E402
 # What the stock VAE reads of a ModelConfig and the other families build in themselves.
 _STOCK_ONLY = ("architecture", "conv_channels", "activation", "posterior", "num_categories",
                "likelihood", "gaussian_scale", "levels", "mixture_components")
+_FAMILY_ONLY = ("features_from",)  # read by the families that name them, refused by the rest
+
+
+def _unread(family: str, config: ModelConfig, fields, reads) -> None:
+    default = ModelConfig()
+    ignored = [f for f in fields if f not in reads and getattr(config, f) != getattr(default, f)]
+    if ignored:
+        raise ConfigError(f"the {family} family builds its own architecture: it does not use "
+                          f"{', '.join(ignored)}")
 
 
 def _hidden_layers(family: str, config: ModelConfig) -> None:
@@ -155,11 +165,7 @@ def _own_architecture(family: str, config: ModelConfig, reads=(), linear=False) 
     the stock VAE's, but those in `reads`; and no hidden layers unless `linear`."""
     if not linear:
         _hidden_layers(family, config)
-    default = ModelConfig()
-    ignored = [f for f in _STOCK_ONLY if f not in reads and getattr(config, f) != getattr(default, f)]
-    if ignored:
-        raise ConfigError(f"the {family} family builds its own architecture: it does not use "
-                          f"{', '.join(ignored)}")
+    _unread(family, config, _STOCK_ONLY + _FAMILY_ONLY, reads)
 
 
 def _vampprior(config: ModelConfig) -> ModelFn:
@@ -185,6 +191,7 @@ def _stock(name: str, build):
     """A family built from every ModelConfig field: `build(shape, config, rngs)`."""
     def family(config: ModelConfig) -> ModelFn:
         _hidden_layers(name, config)
+        _unread(name, config, _FAMILY_ONLY, ())
         return lambda shape, rngs: build(shape, config, rngs)
     return family
 
@@ -216,6 +223,36 @@ def _m2(config: ModelConfig) -> ModelFn:
                                   rngs=rngs)
 
 
+def _trained_model(family: str, workdir: str | None):
+    """The one model of a trained run folder and its image shape."""
+    if workdir is None:
+        raise ConfigError(f"the {family} family models the features of a trained model: give "
+                          "features_from, its run folder (--features-from RUN_DIR)")
+    from vaejax.train import RunError, load_run
+    try:
+        run = load_run(workdir)
+    except RunError as error:
+        raise ConfigError(f"features_from: {error}") from None
+    if run.config.num_models != 1:
+        raise ConfigError(f"features_from: {workdir} trained {run.config.num_models} models; "
+                          "give a run of one")
+    return run.model, tuple(run.trainer.image_shape)
+
+
+def _m1m2(config: ModelConfig) -> ModelFn:
+    """M2's hidden widths, latent_dim and activation over the posterior means of the model
+    trained in features_from (its image shape must be the data's)."""
+    _own_architecture("m1m2", config, ("activation", "features_from"))
+    m1, m1_shape = _trained_model("m1m2", config.features_from)
+
+    def build(shape, rngs):
+        if tuple(shape) != m1_shape:
+            raise ConfigError(f"features_from: {config.features_from} was trained on images of "
+                              f"shape {m1_shape}, these are {tuple(shape)}")
+        return M1M2(m1, shape, config.hidden, config.latent_dim, 10, config.activation, rngs=rngs)
+    return build
+
+
 # name → model built from the ModelConfig; the fixed sizes follow each family's paper.
 register_family("vae", _stock("vae", lambda shape, c, rngs: VAE(shape, c, rngs=rngs)))
 register_family("vae-planar", _stock("vae-planar", lambda shape, c, rngs: FlowVAE(
@@ -228,10 +265,12 @@ register_family("two-layer-vampprior", _two_layer("two-layer-vampprior", 500))
 register_family("vqvae", _vqvae, objective="vq")
 register_family("cvae", _cvae)
 register_family("m2", _m2, objective="m2", evaluation=objectives.m2_evaluation)
+register_family("m1m2", _m1m2, objective="m2", evaluation=objectives.m1m2_evaluation)
 register_family("autoencoder", _autoencoder,
                 objective=("ae", "sparse-ae", "contractive-ae", "denoising-ae"),
                 evaluation=objectives.reconstruction_evaluation)
 
-__all__ = ["Autoencoder", "CUSTOM", "ConditionalVAE", "Conv", "ConvTranspose", "FlowVAE", "GaussianMixturePrior", "M2", "MLP", "Model", "ModelFn", "PointCode",
+__all__ = ["Autoencoder", "CUSTOM", "ConditionalVAE", "Conv", "ConvTranspose", "FlowVAE",
+           "Frozen", "GaussianMixturePrior", "M1M2", "M2", "MLP", "Model", "ModelFn", "PointCode",
            "TwoLayerVAE", "VAE", "VQVAE", "VampVAE", "check_objective", "evaluation", "families",
            "model_fn", "register", "register_family", "with_precision"]

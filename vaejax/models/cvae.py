@@ -45,17 +45,23 @@ class ConditionalVAE(nnx.Module):
       latent_dim: d.
       num_classes: K; labels are integers in [0, K).
       activation: of the hidden layers.
+      likelihood: "bernoulli" pixels, or "gaussian": a mean and a log σ (clipped to [−6, 2])
+        per value of x.
       rngs: initialisation keys.
     """
 
-    def __init__(self, shape, hidden=(400,), latent_dim=20, num_classes=10, activation="relu", *,
-                 rngs: nnx.Rngs):
+    def __init__(self, shape, hidden=(400,), latent_dim=20, num_classes=10, activation="relu",
+                 likelihood="bernoulli", *, rngs: nnx.Rngs):
+        if likelihood not in ("bernoulli", "gaussian"):
+            raise ValueError(f"likelihood must be 'bernoulli' or 'gaussian', got {likelihood!r}")
         self.shape, pixels = tuple(shape), math.prod(shape)
+        self.likelihood = likelihood
         self.num_classes, self.latent_dim = num_classes, latent_dim
         self.encoder = MLP((pixels + num_classes, *hidden), activation, rngs=rngs)
         self.posterior_head = nnx.Linear(hidden[-1], 2 * latent_dim, rngs=rngs)
         self.decoder = MLP((latent_dim + num_classes, *hidden[::-1]), activation, rngs=rngs)
-        self.to_logits = nnx.Linear(hidden[0], pixels, rngs=rngs)
+        outputs = 2 * pixels if likelihood == "gaussian" else pixels  # the Gaussian's μ and log σ
+        self.to_logits = nnx.Linear(hidden[0], outputs, rngs=rngs)
 
     def given(self, y) -> Given:
         return Given(self, jnp.asarray(y))
@@ -75,11 +81,22 @@ class ConditionalVAE(nnx.Module):
         return self.to_logits(self.decoder(self._with_label(z, y)))
 
     def log_likelihood(self, z, x, y):
-        """log p(x|z, y), Bernoulli pixels summed; leading axes of z broadcast."""
-        return vaejax.bernoulli_log_likelihood(self.logits(z, y), x.reshape(*x.shape[:-3], -1))
+        """log p(x|z, y) summed over x; leading axes of z broadcast."""
+        out, x = self.logits(z, y), x.reshape(*x.shape[:-3], -1)
+        if self.likelihood == "gaussian":
+            mean, log_scale = jnp.split(out, 2, axis=-1)
+            # σ ≥ e⁻⁶: a value that barely varies (an inactive feature) cannot make p unbounded.
+            return vaejax.gaussian_log_likelihood(mean, x, jnp.clip(log_scale, -6.0, 2.0))
+        return vaejax.bernoulli_log_likelihood(out, x)
 
     def mean_image(self, z, y):
-        return jax.nn.sigmoid(self.logits(z, y)).reshape(*z.shape[:-1], *self.shape)
+        """E[x|z, y], shaped as x."""
+        out = self.logits(z, y)
+        if self.likelihood == "gaussian":
+            mean = out[..., :math.prod(self.shape)]
+        else:
+            mean = jax.nn.sigmoid(out)
+        return mean.reshape(*z.shape[:-1], *self.shape)
 
     @property
     def prior(self):

@@ -26,15 +26,17 @@ class M2(nnx.Module):
       latent_dim: d, the size of z.
       num_classes: K.
       activation: of the hidden layers.
+      likelihood: of x given y and z, "bernoulli" or "gaussian" (`ConditionalVAE`).
       rngs: initialisation keys.
     """
 
     def __init__(self, shape, hidden=(500,), latent_dim=50, num_classes=10, activation="softplus",
-                 *, rngs: nnx.Rngs):
+                 likelihood="bernoulli", *, rngs: nnx.Rngs):
         self.num_classes = num_classes
         self.classifier = MLP((math.prod(shape), *hidden), activation, rngs=rngs)
         self.to_class_logits = nnx.Linear(hidden[-1], num_classes, rngs=rngs)
-        self.cvae = ConditionalVAE(shape, hidden, latent_dim, num_classes, activation, rngs=rngs)
+        self.cvae = ConditionalVAE(shape, hidden, latent_dim, num_classes, activation,
+                                   likelihood, rngs=rngs)
 
     def classify(self, x) -> vaejax.Categorical:
         """q(y|x), batch shape x's, one variable of K categories: logits (..., 1, K)."""
