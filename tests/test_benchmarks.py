@@ -260,13 +260,21 @@ def test_autoencoders_rows_run(tmp_path):
 
 
 def test_semi_supervised_runs(tmp_path):
-    """Two label draws of M2 train on the digits; the table and mean ± std are reported."""
+    """Two label draws of M2 train on the digits; the table and mean ± std are reported;
+    with --features-from, M1+M2 on a trained VAE's features."""
     result, table = run_script("semi_supervised", "--tiny", "--label-seeds", "0,1",
                                "--workdir", str(tmp_path))
     errors = [r["test_error_percent"] for r in result["rows"]]
     assert len(errors) == 2 and all(0 <= e <= 100 for e in errors)
     assert math.isclose(result["test_error_percent_mean"], sum(errors) / 2)
     assert result["published_percent"]["mean"] == 11.97 and "test error %" in table
+    from vaejax.cli import main
+    m1 = tmp_path / "m1"
+    assert main(["train", "--workdir", str(m1), "--epochs", "2", "--no-progress"]) == 0
+    result, table = run_script("semi_supervised", "--tiny", "--label-seeds", "0", "--workdir",
+                               str(tmp_path / "m1m2"), "--features-from", str(m1))
+    assert result["model"] == "m1m2" and result["published_percent"]["mean"] == 3.33
+    assert "test_feature_elbo" in result["rows"][0] and "test_feature_elbo" in table
 
 
 def test_processes_runs():
